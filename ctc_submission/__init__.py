@@ -1,0 +1,1 @@
+"""Writing CTC results (maskNNN.tif + res_track.txt) and packaging CTC submissions."""

@@ -1,0 +1,1 @@
+"""Reading and preparing CTC data: folders, ground truth, preprocessing, augmentation, loss targets."""

@@ -1,0 +1,46 @@
+"""Shared pytest fixtures: where the real CTC data lives, and temporary CTC layouts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def ctc_data_root() -> Path | None:
+    """Return the folder holding the real CTC datasets, or None when it is absent.
+
+    Looks at ``$RSHN_CTC_DATA`` first, then ``../shared/data/ctc`` beside the repository.
+    """
+    env = os.environ.get("RSHN_CTC_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "ctc")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def ctc_root() -> Path:
+    """The real CTC data folder; skips the test with a clear reason when it is absent."""
+    root = ctc_data_root()
+    if root is None:
+        pytest.skip("real CTC data not found: set $RSHN_CTC_DATA or put it at ../shared/data/ctc")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ctc_dataset(ctc_root):
+    """Factory: ``ctc_dataset('DIC-C2DH-HeLa')`` returns that dataset's folder or skips when it is missing."""
+
+    def get(name: str) -> Path:
+        path = ctc_root / name
+        if not path.is_dir():
+            pytest.skip(f"CTC dataset {name} not found in {ctc_root}")
+        return path
+
+    return get
