@@ -1,0 +1,277 @@
+"""The ``rshn`` command line: argument parsing only; every verb loads the config and calls one function.
+
+Heavy modules (TensorFlow) are imported inside the verb that needs them, so ``rshn --help`` and the
+post-processing verbs start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from rshn_tf import __version__
+from rshn_tf.config import Config, load_config, validate
+from rshn_tf.errors import RshnError
+
+log = logging.getLogger("rshn")
+
+#: Exit status for user errors (bad input, bad config) and for verbs whose machinery is not built yet.
+EXIT_USER_ERROR = 2
+EXIT_NOT_AVAILABLE = 3
+
+
+class NotYetAvailable(Exception):
+    """Raised by a verb whose machinery is not implemented yet."""
+
+
+def _not_yet(verb: str, missing: str) -> NotYetAvailable:
+    return NotYetAvailable(f"'rshn {verb}' is not yet available: {missing}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared argument groups
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set postprocessing.bandwidth=0.05",
+    )
+
+
+def _add_data(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "--data", metavar="PATH", required=required,
+        help="CTC dataset folder holding 01, 01_GT, ... (overrides data.dataset_dir of the YAML)",
+    )
+
+
+def _config(args: argparse.Namespace, path: str | None) -> Config:
+    """Load the YAML (or defaults), apply ``--set`` and ``--data``."""
+    config = load_config(path, getattr(args, "overrides", []))
+    data = getattr(args, "data", None)
+    if data:
+        config.data.dataset_dir = str(data)
+        validate(config)
+    return config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Verbs
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate YAML configs; print the resolved config of a single file."""
+    if args.keys:
+        from rshn_tf.config import describe_keys
+
+        print(describe_keys())
+        return 0
+    if not args.files:
+        raise RshnError("check-config: give at least one YAML file or preset name (or --keys)")
+    for path in args.files:
+        config = _config(args, path)
+        print(f"OK  {path}")
+        if len(args.files) == 1 and args.show:
+            import yaml
+
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None), end="")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic CTC training dataset."""
+    from data_io.synthetic import write_synthetic_dataset
+
+    out = write_synthetic_dataset(
+        args.out, frames=args.frames, size=tuple(args.size), seed=args.seed,
+        sequences=tuple(args.sequences), overwrite=args.overwrite,
+    )
+    print(f"wrote synthetic CTC dataset to {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a network."""
+    raise _not_yet("train", "the training loop (issue 5) is not implemented; the network (issue 3) and the "
+                   "training data pipeline (issue 4) come first")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment and track a sequence with a trained model."""
+    raise _not_yet("predict", "windowed/tiled inference and post-processing (issue 6) are not implemented")
+
+
+def cmd_postprocess(args: argparse.Namespace) -> int:
+    """Cluster, merge, track and write CTC results from saved embeddings."""
+    raise _not_yet("postprocess", "clustering, tile merging and tracking (issue 6) are not implemented")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a result folder against CTC ground truth."""
+    raise _not_yet("evaluate", "evaluation with py-ctcmetrics (issue 6) is not implemented")
+
+
+def cmd_overlay(args: argparse.Namespace) -> int:
+    """Draw tracked contours over the frames."""
+    raise _not_yet("overlay", "the overlay renderer (issue 6) is not implemented")
+
+
+def cmd_show_sample(args: argparse.Namespace) -> int:
+    """Write PNGs and arrays of one augmented training sample."""
+    raise _not_yet("show-sample", "the training data pipeline (issue 4) is not implemented")
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Run a cross-validation experiment."""
+    raise _not_yet("experiment", "the experiment runner (issue 7) is not implemented")
+
+
+def cmd_table3(args: argparse.Namespace) -> int:
+    """Run the Table 3 grid."""
+    raise _not_yet("table3", "the Table 3 runner (issue 7) is not implemented")
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    """Build or check a CTC submission folder."""
+    raise _not_yet("package", "the CTC submission packager (issue 8) is not implemented")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Synthetic video -> train -> predict -> evaluate -> overlay."""
+    raise _not_yet(
+        "demo",
+        "it needs training (issues 3-5), prediction and post-processing (issue 6) and the demo runner (issue 7). "
+        "Available now: 'rshn synth OUT' writes the synthetic CTC dataset the demo will train on, and "
+        "'rshn check-config' validates configs",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``rshn`` argument parser with all verbs."""
+    parser = argparse.ArgumentParser(
+        prog="rshn",
+        description="Cell segmentation and tracking with cosine embeddings and recurrent stacked hourglass "
+                    "networks (Payer et al., MedIA 2019).",
+    )
+    parser.add_argument("--version", action="version", version=f"rshn-tf {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = verb("train", cmd_train, "train a network on CTC sequences (writes a model folder)")
+    p.add_argument("config", help="experiment YAML or preset name, e.g. experiments/DIC-C2DH-HeLa.yaml")
+    p.add_argument("--model-dir", help="model folder to write (default: runs/<dataset>/model)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --model-dir")
+    _add_data(p)
+    _add_set(p)
+
+    p = verb("predict", cmd_predict, "segment and track one sequence with a trained model (writes a CTC RES folder)")
+    p.add_argument("--model", required=True, help="model folder (config.yaml + weights)")
+    p.add_argument("--input", required=True, help="sequence folder of frames tNNN.tif, e.g. DATASET/01")
+    p.add_argument("--output", required=True, help="result folder to write, e.g. DATASET/01_RES")
+    p.add_argument("--save-embeddings", metavar="DIR", help="also save the frame-pair embeddings (pair_NNN.npy)")
+    _add_set(p)
+
+    p = verb("postprocess", cmd_postprocess,
+             "cluster, merge tiles, track and write CTC results from saved embeddings (no network)")
+    p.add_argument("embeddings", help="folder of pair_000.npy ... (float32 (2, h, w, D) per consecutive pair)")
+    p.add_argument("output", help="result folder to write")
+    p.add_argument("--config", required=True, help="YAML or preset name giving the post-processing parameters")
+    p.add_argument("--original-shape", nargs=2, type=int, required=True, metavar=("H", "W"),
+                   help="frame size of the original images the results are resampled to")
+    _add_set(p)
+
+    p = verb("evaluate", cmd_evaluate, "score a RES folder against CTC ground truth (SEG, TRA, DET, OP_CTB)")
+    p.add_argument("res", help="result folder (maskNNN.tif + res_track.txt)")
+    p.add_argument("gt", help="ground-truth folder (0X_GT with TRA/ and SEG/)")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+
+    p = verb("overlay", cmd_overlay, "draw contours coloured by track id over the frames (GIF or PNG)")
+    p.add_argument("res", help="result folder")
+    p.add_argument("frames", help="folder of the raw frames")
+    p.add_argument("--out", required=True, help="movie.gif or a .png path")
+
+    p = verb("show-sample", cmd_show_sample, "write PNGs and sample.npz of one augmented training sample")
+    p.add_argument("config", help="experiment YAML or preset name")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data(p, required=True)
+    _add_set(p)
+
+    p = verb("experiment", cmd_experiment, "train, predict and evaluate a cross-validation experiment")
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--dry-run", action="store_true", help="list the steps without running them")
+    _add_data(p)
+    _add_set(p)
+
+    p = verb("table3", cmd_table3, "run the paper's Table 3 grid on the datasets present")
+    p.add_argument("--profile", choices=["cpu", "paper"], default="cpu")
+    p.add_argument("--out", default="runs/table3", help="output folder")
+    p.add_argument("--dry-run", action="store_true", help="list the rows and datasets without running them")
+    _add_data(p, required=True)
+    _add_set(p)
+
+    p = verb("package", cmd_package, "build (or --check) a CTC submission folder")
+    p.add_argument("--model", help="model folder")
+    p.add_argument("--dataset", help="CTC dataset name, e.g. DIC-C2DH-HeLa")
+    p.add_argument("--out", help="submission folder to write")
+    p.add_argument("--check", metavar="SUBMISSION_DIR", help="verify a finished submission folder")
+    _add_data(p)
+
+    p = verb("demo", cmd_demo, "synthetic video -> train a small network -> predict -> evaluate -> overlay GIF")
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    _add_set(p)
+
+    p = verb("synth", cmd_synth, "write a synthetic CTC training dataset (textured dividing cells)")
+    p.add_argument("out", help="dataset folder to create")
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--size", nargs=2, type=int, default=[256, 256], metavar=("H", "W"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sequences", nargs="+", default=["01", "02"], help="sequence names to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+
+    p = verb("check-config", cmd_check_config, "validate YAML configs (unknown keys, types, ranges)")
+    p.add_argument("files", nargs="*", help="YAML files or preset names")
+    p.add_argument("--show", action="store_true", help="print the resolved config (single file)")
+    p.add_argument("--keys", action="store_true", help="list every section and key with its default")
+    _add_data(p)
+    _add_set(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rshn`` console script.
+
+    Returns:
+        0 on success, 2 for user errors, 3 for verbs that are not yet available.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except RshnError as exc:
+        print(f"rshn {args.verb}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except NotYetAvailable as exc:
+        print(f"rshn {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_NOT_AVAILABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

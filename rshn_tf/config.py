@@ -1,0 +1,688 @@
+"""The configuration schema of rshn-tf: one nested set of dataclasses whose defaults are the paper's values.
+
+Every number of the method has exactly one home here. Defaults follow Payer et al., Medical Image Analysis 2019
+("the paper", section numbers given as §); where the authors' public TF1 code behaves differently, the code's
+behaviour is offered as an option and the docstring says so ("code:"). Per-dataset values (paper Table 1 and the
+reference notes) live in the YAML presets of ``experiments/`` and are layered over these defaults.
+
+Loading rules:
+    * A YAML file holds some of the sections ``data``, ``model``, ``augmentation``, ``loss``, ``training``,
+      ``inference``, ``postprocessing``, ``tracking`` and ``experiment``, plus an optional top-level ``base`` (a
+      preset name such as ``DIC-C2DH-HeLa``, or a path relative to the YAML file, or a list of them) that is loaded
+      first and then overridden.
+    * Unknown keys and values of the wrong type are rejected with an error naming the key and the file.
+    * ``--set section.key=value`` overrides (value parsed as YAML) are applied last.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from rshn_tf.errors import RshnError
+
+#: The six CTC datasets evaluated in the paper (§4.2, Table 1); each has a preset YAML in ``experiments/``.
+PAPER_DATASETS = (
+    "DIC-C2DH-HeLa",
+    "Fluo-C2DL-MSC",
+    "Fluo-N2DH-GOWT1",
+    "Fluo-N2DL-HeLa",
+    "PhC-C2DH-U373",
+    "Fluo-N2DH-SIM+",
+)
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how frames are brought to the network grid (§3.1, §4.2, Table 1).
+
+    Attributes:
+        dataset: CTC dataset name (e.g. ``DIC-C2DH-HeLa``); selects nothing by itself, presets set the values.
+        dataset_dir: Folder of the CTC dataset holding ``01``, ``01_GT``, ... ; ``--data PATH`` overrides it.
+        train_sequences: Sequences used for training (§5.4: both training videos for the challenge models).
+        resampled_size: Network-grid size (height, width) every frame is resampled to before tiling (Table 1, which
+            lists width × height); ``null`` keeps the original size.
+        extra_scale: Additional fixed zoom at test time (code: 0.95 for Fluo-C2DL-MSC; paper: 1).
+        tile_size: Network input size s (height, width); training crops and inference tiles (§2.4, §3.1: 256 × 256).
+        sequence_length: Frames per training sample and per inference window, l (§3.1, §4.2: 8).
+        smoothing_sigma: Gaussian smoothing σ in pixels applied to every input frame (§3.1: 1).
+        normalization_percentiles: Robust minimum/maximum percentiles mapped to -1/1 (§3.1: 0.1 % / 99.9 %;
+            code: 0.05 / 99.95).
+        border_band: Width in original pixels of the un-annotated CTC image rim (reference notes §3.4, §5.6): no
+            background loss there, and instances lying wholly inside it are removed from results
+            (50 px for most datasets, 25 for Fluo-N2DL-HeLa, 0 for Fluo-N2DH-SIM+).
+        seg_sample_fraction: Fraction of training samples that contain a frame with SEG ground truth (§4.2: about
+            every second mini-batch).
+        mirror_padding: Code: mirror-pad frames by half their size before cropping (DIC, GOWT1, SIM+, N2DL-HeLa);
+            paper: no padding, pixels outside the image are invalid.
+        crop_border: Code: pixels cropped from every side of training frames before augmentation (MSC: 20).
+        label_blur_sigma: Code: per-label Gaussian smoothing σ of training label crops (DIC: 2); paper: 0 (off).
+        num_workers: Parallel workers that produce augmented training samples.
+        prefetch: Training samples prepared ahead of the train step.
+    """
+
+    dataset: str = "custom"
+    dataset_dir: Optional[str] = None
+    train_sequences: list[str] = field(default_factory=lambda: ["01", "02"])
+    resampled_size: Optional[list[int]] = None
+    extra_scale: float = 1.0
+    tile_size: list[int] = field(default_factory=lambda: [256, 256])
+    sequence_length: int = 8
+    smoothing_sigma: float = 1.0
+    normalization_percentiles: list[float] = field(default_factory=lambda: [0.1, 99.9])
+    border_band: int = 50
+    seg_sample_fraction: float = 0.5
+    mirror_padding: bool = False
+    crop_border: int = 0
+    label_blur_sigma: float = 0.0
+    num_workers: int = 2
+    prefetch: int = 4
+
+
+@dataclass
+class ModelConfig:
+    """The recurrent stacked hourglass network and its baselines (§2.1, §3.1, §5.1, §5.2; notes §1–§2).
+
+    Attributes:
+        architecture: ``rshn`` (recurrent stacked hourglass, §2.1), ``shn`` (non-recurrent: each ConvGRU replaced by
+            a 3×3 conv, §5.1) or ``volumetric`` (3×3×3 convolutions over time, Table 3, §5.2).
+        stacks: Number of stacked hourglasses (§2.1: 2).
+        levels: Levels per hourglass (§3.1: 7).
+        filters: Filters of every convolution and ConvGRU (§2.1: 64).
+        embedding_size: Embedding dimension d (§3.1: 16).
+        kernel_size: Kernel size of the level convolutions and ConvGRUs (§2.1: 3).
+        activation: Activation of the convolutions (§3.1: ReLU).
+        gru_activation: Activation of the ConvGRU candidate (§3.1: ReLU; Ballas et al. use tanh).
+        gate_init_scale: Variance-scaling factor (fan-in, truncated normal) of the ConvGRU gate kernels. Code: 1.0
+            (LeCun-like, notes §1.3), which the issue asks for and which we use; paper text: He (2.0) for all convs.
+        input_conv: Per-hourglass 1×1 input convolution with ``filters`` outputs and ReLU (code, notes §1.2; needed
+            for the authors' parameter count of 4,136,608; not drawn in the paper).
+        output_kernel_size: Kernel size of the linear output convolution (code MIA: 1; MICCAI: 3).
+        normalization_epsilon: ε of the L2 normalisation of the first hourglass's embeddings before they are fed to
+            the next one (code: 1e-4).
+        l2_factor: Weight decay factor λ of the paper's λ·Σw²/2 over all kernels (§3.1: 0.00001; biases excluded).
+    """
+
+    architecture: Literal["rshn", "shn", "volumetric"] = "rshn"
+    stacks: int = 2
+    levels: int = 7
+    filters: int = 64
+    embedding_size: int = 16
+    kernel_size: int = 3
+    activation: str = "relu"
+    gru_activation: str = "relu"
+    gate_init_scale: float = 1.0
+    input_conv: bool = True
+    output_kernel_size: int = 1
+    normalization_epsilon: float = 1e-4
+    l2_factor: float = 1e-5
+
+
+@dataclass
+class AugmentationConfig:
+    """Random intensity and spatial augmentation of a whole l-frame sample, one transform for all frames (§3.1).
+
+    Attributes:
+        mirror_probability: Probability of mirroring along each axis, f_p (§3.1: 0.5).
+        rotation_range: Rotation angle range in degrees, r (§3.1: [-180, 180]).
+        scale_range: Scale range sc (§3.1: [0.5, 1.5]).
+        scale_mode: ``uniform``: one isotropic draw from ``scale_range`` (paper). ``code_product``: per-axis
+            U(1 ± ``code_scale_delta``) times isotropic U(1 ± ``code_scale_delta``) (code, notes §4.3).
+        code_scale_delta: Half-width of each of the code's two scale draws (code: 0.25).
+        elastic_grid: Control-point grid of the elastic B-spline deformation, g (§3.1: 6 × 6).
+        elastic_displacement: Maximum control-point displacement in pixels, b (§3.1: [-10, 10]).
+        elastic_spline_order: Order of the B-spline interpolation of the deformation (§3.1: 3).
+        translation_fraction: Code: random translation of up to this fraction of the tile (0.35); paper: 0, the
+            crop position alone is random.
+        intensity_shift: Intensity shift range v_shift (§3.1: [-0.65, 0.65]).
+        intensity_scale: Intensity scale range v_scale (§3.1: [0.35, 1.65]).
+        gamma_range: Code: random gamma λ range applied before shift/scale ([0.6, 1.4]); ``null`` = off (paper).
+        per_frame_shift: Code: extra per-frame intensity shift half-range (0.1); 0 = off (paper).
+        per_frame_scale: Code: extra per-frame intensity scale half-range (0.1); 0 = off (paper).
+        image_interpolation: Interpolation of intensities (``linear`` or ``bspline``); labels always nearest.
+    """
+
+    mirror_probability: float = 0.5
+    rotation_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    scale_mode: Literal["uniform", "code_product"] = "uniform"
+    code_scale_delta: float = 0.25
+    elastic_grid: list[int] = field(default_factory=lambda: [6, 6])
+    elastic_displacement: float = 10.0
+    elastic_spline_order: int = 3
+    translation_fraction: float = 0.0
+    intensity_shift: list[float] = field(default_factory=lambda: [-0.65, 0.65])
+    intensity_scale: list[float] = field(default_factory=lambda: [0.35, 1.65])
+    gamma_range: Optional[list[float]] = None
+    per_frame_shift: float = 0.0
+    per_frame_scale: float = 0.0
+    image_interpolation: Literal["linear", "bspline"] = "linear"
+
+
+@dataclass
+class LossConfig:
+    """The cosine embedding loss and its targets (§2.2, §4.2; notes §3).
+
+    Attributes:
+        variant: ``paper`` for eqs. 1–6 (squared cosine in both terms, background mean fixed to
+            e_b = (1, 0, …, 0)) or ``miccai2018`` for the preliminary work (1 − cos in the similarity term,
+            background treated as an instance with a learned mean).
+        max_instances: Instances per sample entering the loss; a random subset is taken when there are more
+            (code: 31, forced by its bit packing).
+        neighbour_radius: r_N in network-grid pixels (Table 1): instance j is a neighbour of i when a pixel of j lies
+            within r_N of the centre of gravity of S(i) over the window (§2.2).
+        neighbour_mode: ``centroid`` (paper definition) or ``code`` (the authors' on-the-fly recipe: instance
+            dilated by ``neighbour_dilation`` px, disk of radius r_N at the sequence centroid in frames where the
+            instance lives ±1; notes §3.5a).
+        neighbour_dilation: Code: diameter of the disk the instance is dilated with in ``code`` mode (5).
+        hourglass_weights: Weight of the loss on each hourglass output (notes §3.6: 1 and 1).
+        background_weight: Weight of the background term L(b) (eq. 6: 1).
+    """
+
+    variant: Literal["paper", "miccai2018"] = "paper"
+    max_instances: int = 31
+    neighbour_radius: float = 50.0
+    neighbour_mode: Literal["centroid", "code"] = "centroid"
+    neighbour_dilation: int = 5
+    hourglass_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    background_weight: float = 1.0
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation schedule and bookkeeping (§3.1; notes §4.8).
+
+    Attributes:
+        iterations: Training iterations (§3.1: 60,000; Table 3 cross-validation in the code: 40,000).
+        batch_size: Mini-batch size (§3.1: 1).
+        optimizer: ``adam`` (§3.1) or ``nadam`` (the paper-era code).
+        learning_rate: Initial learning rate (§3.1: 0.0001).
+        learning_rate_final: Learning rate after the drop (§3.1: 0.00001).
+        learning_rate_drop_fraction: Fraction of ``iterations`` after which the rate drops (§3.1: 30,000 of 60,000).
+        adam_epsilon: ε of Adam/Nadam (TF1 default used by the paper's code: 1e-8).
+        seed: Seed of every random choice in training (sampling, augmentation, initialisation).
+        checkpoint_every: Iterations between checkpoints (model, optimiser, step, RNG state).
+        max_checkpoints: Checkpoints kept on disk.
+        log_every: Iterations between TensorBoard scalar summaries.
+        image_every: Iterations between TensorBoard embedding images.
+        validation_every: Iterations between validation-loss evaluations used to pick the ``best`` weights
+            (0 = never; ``best`` then follows the smoothed training loss).
+        strategy: ``default``, ``mirrored`` or ``multi_worker`` (tf.distribute).
+    """
+
+    iterations: int = 60000
+    batch_size: int = 1
+    optimizer: Literal["adam", "nadam"] = "adam"
+    learning_rate: float = 1e-4
+    learning_rate_final: float = 1e-5
+    learning_rate_drop_fraction: float = 0.5
+    adam_epsilon: float = 1e-8
+    seed: int = 0
+    checkpoint_every: int = 1000
+    max_checkpoints: int = 3
+    log_every: int = 50
+    image_every: int = 1000
+    validation_every: int = 0
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+
+
+@dataclass
+class InferenceConfig:
+    """Sliding windows and tiles at test time (§2.4, §2.5, §4.2; notes §5.1–§5.2).
+
+    Attributes:
+        tile_overlap: Overlap o of neighbouring tiles in pixels (§4.2: 128).
+        full_frame: Compute each window on the whole padded frame and cut tiles from it instead of running tiles
+            separately (faster; results differ slightly at tile borders).
+        batch_tiles: Run all tiles of a window frame as one batch.
+        threads: TensorFlow intra-op threads (0 = TensorFlow's choice).
+    """
+
+    tile_overlap: int = 128
+    full_frame: bool = False
+    batch_tiles: bool = True
+    threads: int = 0
+
+
+@dataclass
+class PostprocessingConfig:
+    """Clustering one 2-frame tile into instances and merging tiles (§2.3, §2.4, Table 1; notes §5.3–§5.4).
+
+    Attributes:
+        clustering: ``mean_shift`` (cosine mean shift, §2.3) or ``hdbscan`` (preliminary work, Table 3).
+        background_threshold: Pixels with cos(e, e_b)² above this are background (§2.3: 0.5).
+        bandwidth: Mean-shift bandwidth h as a cosine distance (§3.1: 0.1).
+        coordinate_factor: Factor c of the pixel coordinates appended to the embeddings (§3.1: 0.005).
+        num_seeds: Randomly chosen foreground pixels that start mean-shift iterations (code: 128).
+        max_iterations: Mean-shift iterations per seed (code: 300).
+        convergence_tolerance: A seed has converged when its mean moves less than this × bandwidth (code: 1e-3).
+        min_size: t_size: components smaller than this (pixels over both frames, network grid) are removed
+            (Table 1).
+        seed: Seed of the mean-shift seed selection.
+        hdbscan_min_cluster_size: HDBSCAN min_cluster_size (= min_samples), preliminary-work values per dataset.
+        hdbscan_coordinate_factor: Coordinate factor c used with HDBSCAN (preliminary work, per dataset).
+        merge_ignore_border: Code: width of the band along inner tile edges in which instances are ignored when
+            merging tiles (submission: 32); paper: 0.
+        merge_mode: ``instance``: the largest candidate instance wins (§2.4). ``blob``: the code's comparison of
+            connected foreground blobs (notes §5.4).
+    """
+
+    clustering: Literal["mean_shift", "hdbscan"] = "mean_shift"
+    background_threshold: float = 0.5
+    bandwidth: float = 0.1
+    coordinate_factor: float = 0.005
+    num_seeds: int = 128
+    max_iterations: int = 300
+    convergence_tolerance: float = 1e-3
+    min_size: int = 500
+    seed: int = 0
+    hdbscan_min_cluster_size: int = 1000
+    hdbscan_coordinate_factor: float = 0.02
+    merge_ignore_border: int = 0
+    merge_mode: Literal["instance", "blob"] = "instance"
+
+
+@dataclass
+class TrackingConfig:
+    """Linking frame pairs into tracks and finishing the lineage (§2.5, §4.2; notes §5.5–§5.7).
+
+    Attributes:
+        link_iou_threshold: Minimum IoU for linking an instance of the shared frame of two pairs (code: 0.25).
+        parent_iou_threshold: Minimum IoU for a parent candidate, and minimum overlap fraction when repairing false
+            mitoses (code: 0.01).
+        parent_dilation: Diameter of the disk a new track's first mask is dilated with before the parent search
+            (code, per dataset: 0, 3 or 5; 0 = none).
+        parent_search_frames: Previous frames searched for the parent (code, per dataset: 8 or 2).
+        min_track_length: t_length: parent-less tracks shorter than this many frames are removed (§4.2: 2).
+        merge_search_frames: t_merge: a split that re-merges within this many frames is undone (§4.2: 10).
+        resample_interpolation: Interpolation of labels back to the original size: ``label_gaussian`` (code) or
+            ``nearest``.
+        label_gaussian_sigma: σ of the label-Gaussian interpolation (code: 1.0).
+    """
+
+    link_iou_threshold: float = 0.25
+    parent_iou_threshold: float = 0.01
+    parent_dilation: int = 0
+    parent_search_frames: int = 8
+    min_track_length: int = 2
+    merge_search_frames: int = 10
+    resample_interpolation: Literal["label_gaussian", "nearest"] = "label_gaussian"
+    label_gaussian_sigma: float = 1.0
+
+
+@dataclass
+class ExperimentConfig:
+    """How ``rshn experiment`` trains and evaluates (§5.2).
+
+    Attributes:
+        mode: ``two_fold``: train on 01 and evaluate on 02, and the reverse (§5.2); ``train_all``: train one model on
+            all ``data.train_sequences`` (§5.4) and evaluate on them.
+        output_dir: Folder of the run (models, predictions, results.json/results.md).
+        cv_iterations: Iterations of each cross-validation fold (code: 40,000, notes §4.8).
+    """
+
+    mode: Literal["two_fold", "train_all"] = "two_fold"
+    output_dir: str = "runs/experiment"
+    cv_iterations: int = 40000
+
+
+@dataclass
+class Config:
+    """The complete configuration of an rshn-tf run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    postprocessing: PostprocessingConfig = field(default_factory=PostprocessingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as plain nested dicts and lists (YAML-ready)."""
+        return dataclasses.asdict(self)
+
+
+#: Section names in file order.
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return f"a list of {_type_name(item)}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Return ``value`` converted to ``annotation``; raise TypeError/ValueError when it does not fit."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except (TypeError, ValueError):
+                continue
+        raise TypeError
+    if origin is Literal:
+        if value in typing.get_args(annotation) and isinstance(value, str):
+            return value
+        raise ValueError
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        return [_coerce(v, item) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. sequence names written as 01 in YAML arrive as 1; callers pad if needed
+        raise TypeError
+    raise TypeError
+
+
+def _suggest(key: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _apply_section(section_obj: Any, section: str, values: Any, source: str) -> None:
+    if not isinstance(values, dict):
+        raise RshnError(f"{source}: section '{section}' must be a mapping of keys to values, got {values!r}")
+    hints = typing.get_type_hints(type(section_obj))
+    for key, value in values.items():
+        if key not in hints:
+            raise RshnError(
+                f"{source}: unknown key '{section}.{key}'{_suggest(str(key), hints)}; "
+                f"valid keys of '{section}': {', '.join(hints)}"
+            )
+        _set_value(section_obj, section, key, value, hints[key], source)
+
+
+def _set_value(section_obj: Any, section: str, key: str, value: Any, annotation: Any, source: str) -> None:
+    try:
+        coerced = _coerce(value, annotation)
+    except (TypeError, ValueError):
+        raise RshnError(
+            f"{source}: key '{section}.{key}' must be {_type_name(annotation)}, got {value!r}"
+        ) from None
+    if section == "data" and key in ("train_sequences",):
+        coerced = [normalize_sequence_name(v) for v in coerced]
+    setattr(section_obj, key, coerced)
+
+
+def normalize_sequence_name(name: str | int) -> str:
+    """Return a CTC sequence name with two digits (``1`` → ``01``), leaving other names untouched."""
+    text = str(name)
+    return text.zfill(2) if text.isdigit() else text
+
+
+def apply_dict(config: Config, values: dict[str, Any], source: str) -> Config:
+    """Override ``config`` in place with nested ``values`` and return it.
+
+    Args:
+        config: Configuration to change.
+        values: Mapping ``{section: {key: value}}``.
+        source: Name used in error messages (a file path or ``--set``).
+
+    Raises:
+        RshnError: On unknown sections or keys, or values of the wrong type.
+    """
+    if not isinstance(values, dict):
+        raise RshnError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
+    for section, section_values in values.items():
+        if section not in SECTIONS:
+            raise RshnError(
+                f"{source}: unknown section '{section}'{_suggest(str(section), SECTIONS)}; "
+                f"valid sections: {', '.join(SECTIONS)}"
+            )
+        if section_values is None:
+            continue
+        _apply_section(getattr(config, section), section, section_values, source)
+    return config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presets and YAML files
+
+
+def preset_dir() -> Path:
+    """Folder of the bundled experiment YAMLs: ``rshn_tf/presets`` when installed (setup.cfg maps the source
+    tree's ``experiments/`` there), else ``experiments/`` beside the package in a source checkout."""
+    try:
+        return Path(str(resources.files("rshn_tf.presets")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "experiments"
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled top-level presets (one per dataset plus the synthetic demo)."""
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def resolve_config_path(name: str | os.PathLike, relative_to: Path | None = None) -> Path:
+    """Find a YAML given as a path (relative to ``relative_to`` or the working directory) or a preset name.
+
+    Args:
+        name: A path to a YAML file, or the name of a bundled preset such as ``DIC-C2DH-HeLa`` or
+            ``table3/DIC-C2DH-HeLa_rshn_h0.1``.
+        relative_to: Folder that relative paths are resolved against first.
+
+    Raises:
+        RshnError: If neither a file nor a preset of that name exists.
+    """
+    text = str(name)
+    candidates = []
+    if relative_to is not None:
+        candidates.append(relative_to / text)
+    candidates.append(Path(text))
+    stem = text[:-5] if text.endswith(".yaml") else text
+    candidates.append(preset_dir() / f"{stem}.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise RshnError(
+        f"config '{text}' not found: neither a file nor a bundled preset (presets: {', '.join(list_presets())})"
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise RshnError(f"{path}: not valid YAML ({exc})") from exc
+    except OSError as exc:
+        raise RshnError(f"{path}: cannot be read ({exc.strerror})") from exc
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise RshnError(f"{path}: expected a mapping of sections at the top level, got {type(content).__name__}")
+    return content
+
+
+def _load_layers(path: Path, config: Config, chain: tuple[Path, ...]) -> None:
+    path = path.resolve()
+    if path in chain:
+        raise RshnError(f"{path}: 'base' includes itself ({' -> '.join(str(p) for p in chain + (path,))})")
+    content = _read_yaml(path)
+    bases = content.pop("base", None)
+    if bases is not None:
+        for base in [bases] if isinstance(bases, str) else bases:
+            if not isinstance(base, str):
+                raise RshnError(f"{path}: 'base' must be a preset name, a path or a list of them, got {base!r}")
+            _load_layers(resolve_config_path(base, relative_to=path.parent), config, chain + (path,))
+    apply_dict(config, content, str(path))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse one ``section.key=value`` override; the value is read as YAML (``0.05``, ``true``, ``[1, 2]``).
+
+    Raises:
+        RshnError: If the text is not of that form.
+    """
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise RshnError(f"--set {text!r}: expected section.key=value, e.g. --set postprocessing.bandwidth=0.05")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise RshnError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+    return section, key, value
+
+
+def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
+    """Apply ``--set section.key=value`` overrides in order and return the configuration."""
+    for text in overrides:
+        section, key, value = parse_override(text)
+        apply_dict(config, {section: {key: value}}, f"--set {text}")
+    return config
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a configuration: defaults, then the YAML file and its ``base`` chain, then ``--set`` overrides.
+
+    Args:
+        path: A YAML file or a preset name; ``None`` gives the paper defaults.
+        overrides: ``section.key=value`` strings applied last.
+
+    Returns:
+        The resolved configuration.
+
+    Raises:
+        RshnError: On missing files, unknown keys, wrong types or invalid values.
+    """
+    config = Config()
+    if path is not None:
+        _load_layers(resolve_config_path(path), config, ())
+    apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict[str, Any], source: str = "<dict>") -> Config:
+    """Build a validated configuration from nested dicts (e.g. a saved ``config.yaml`` already parsed)."""
+    config = apply_dict(Config(), copy.deepcopy(values), source)
+    validate(config)
+    return config
+
+
+def save_config(config: Config, path: str | os.PathLike) -> Path:
+    """Write the fully resolved configuration as YAML (atomically) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    header = "# Resolved rshn-tf configuration: every key, after presets and --set overrides.\n"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(header)
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False, default_flow_style=None)
+    os.replace(tmp, path)
+    return path
+
+
+def validate(config: Config, source: str = "config") -> None:
+    """Check value ranges and relations that types alone cannot express.
+
+    Raises:
+        RshnError: Naming the first offending key.
+    """
+    checks: list[tuple[bool, str, str]] = [
+        (len(config.data.tile_size) == 2 and min(config.data.tile_size) > 0, "data.tile_size",
+         "two positive integers (height, width)"),
+        (config.data.resampled_size is None
+         or (len(config.data.resampled_size) == 2 and min(config.data.resampled_size) > 0),
+         "data.resampled_size", "null or two positive integers (height, width)"),
+        (config.data.sequence_length >= 2, "data.sequence_length", "at least 2 (frames are clustered in pairs)"),
+        (len(config.data.normalization_percentiles) == 2
+         and 0 <= config.data.normalization_percentiles[0] < config.data.normalization_percentiles[1] <= 100,
+         "data.normalization_percentiles", "two increasing percentiles in [0, 100]"),
+        (0.0 <= config.data.seg_sample_fraction <= 1.0, "data.seg_sample_fraction", "in [0, 1]"),
+        (config.data.border_band >= 0, "data.border_band", "non-negative"),
+        (config.data.num_workers >= 0, "data.num_workers", "non-negative"),
+        (config.model.levels >= 1, "model.levels", "at least 1"),
+        (config.model.stacks >= 1, "model.stacks", "at least 1"),
+        (config.model.filters >= 1, "model.filters", "at least 1"),
+        (config.model.embedding_size >= 2, "model.embedding_size", "at least 2"),
+        (all(s % (2 ** (config.model.levels - 1)) == 0 for s in config.data.tile_size), "data.tile_size",
+         f"divisible by 2^(model.levels-1) = {2 ** (config.model.levels - 1)}"),
+        (0.0 <= config.augmentation.mirror_probability <= 1.0, "augmentation.mirror_probability", "in [0, 1]"),
+        (config.loss.max_instances >= 1, "loss.max_instances", "at least 1"),
+        (len(config.loss.hourglass_weights) == config.model.stacks, "loss.hourglass_weights",
+         "one weight per hourglass (model.stacks)"),
+        (config.training.iterations >= 1, "training.iterations", "at least 1"),
+        (config.training.batch_size >= 1, "training.batch_size", "at least 1"),
+        (0.0 <= config.training.learning_rate_drop_fraction <= 1.0, "training.learning_rate_drop_fraction",
+         "in [0, 1]"),
+        (0 <= config.inference.tile_overlap < min(config.data.tile_size), "inference.tile_overlap",
+         "non-negative and smaller than the tile size"),
+        (0.0 < config.postprocessing.bandwidth < 2.0, "postprocessing.bandwidth", "in (0, 2) (a cosine distance)"),
+        (0.0 < config.postprocessing.background_threshold < 1.0, "postprocessing.background_threshold", "in (0, 1)"),
+        (config.postprocessing.num_seeds >= 1, "postprocessing.num_seeds", "at least 1"),
+        (config.postprocessing.min_size >= 0, "postprocessing.min_size", "non-negative"),
+        (config.tracking.min_track_length >= 1, "tracking.min_track_length", "at least 1"),
+        (config.tracking.parent_search_frames >= 1, "tracking.parent_search_frames", "at least 1"),
+    ]
+    for range_key in ("rotation_range", "scale_range", "intensity_shift", "intensity_scale"):
+        values = getattr(config.augmentation, range_key)
+        checks.append((len(values) == 2 and values[0] <= values[1], f"augmentation.{range_key}",
+                       "two values [low, high] with low <= high"))
+    for ok, key, requirement in checks:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            raise RshnError(f"{source}: key '{key}' must be {requirement}, got {value!r}")
+
+
+def describe_keys() -> str:
+    """Return a human-readable list of every section and key with its default (for ``rshn check-config --keys``)."""
+    lines = []
+    defaults = Config()
+    for section in SECTIONS:
+        obj = getattr(defaults, section)
+        lines.append(f"{section}:")
+        for f in dataclasses.fields(obj):
+            lines.append(f"  {f.name}: {getattr(obj, f.name)!r}")
+    return "\n".join(lines)
