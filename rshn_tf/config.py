@@ -23,7 +23,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
+import importlib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -492,9 +492,10 @@ def preset_dir() -> Path:
     """Folder of the bundled experiment YAMLs: ``rshn_tf/presets`` when installed (setup.cfg maps the source
     tree's ``experiments/`` there), else ``experiments/`` beside the package in a source checkout."""
     try:
-        return Path(str(resources.files("rshn_tf.presets")))
+        module = importlib.import_module("rshn_tf.presets")  # a data-only (namespace) package when installed
     except ModuleNotFoundError:
         return Path(__file__).resolve().parent.parent / "experiments"
+    return Path(next(iter(module.__path__)))
 
 
 def list_presets() -> list[str]:
