@@ -19,11 +19,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib
 import os
 import types
 import typing
 from dataclasses import dataclass, field
-import importlib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
