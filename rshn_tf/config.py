@@ -275,6 +275,10 @@ class PostprocessingConfig:
             merging tiles (submission: 32); paper: 0.
         merge_mode: ``instance``: the largest candidate instance wins (§2.4). ``blob``: the code's comparison of
             connected foreground blobs (notes §5.4).
+        merge_overlap_fraction: ``instance`` mode: a candidate is the same instance as an already kept larger one
+            when more than this fraction of its area lies on it (then dropped); otherwise its free pixels are kept
+            as a new instance. The paper does not say how candidates of different tiles are matched; 0.5 is ours
+            (the matching rule of the CTC SEG measure).
     """
 
     clustering: Literal["mean_shift", "hdbscan"] = "mean_shift"
@@ -290,6 +294,7 @@ class PostprocessingConfig:
     hdbscan_coordinate_factor: float = 0.02
     merge_ignore_border: int = 0
     merge_mode: Literal["instance", "blob"] = "instance"
+    merge_overlap_fraction: float = 0.5
 
 
 @dataclass
@@ -663,6 +668,9 @@ def validate(config: Config, source: str = "config") -> None:
         (0.0 < config.postprocessing.background_threshold < 1.0, "postprocessing.background_threshold", "in (0, 1)"),
         (config.postprocessing.num_seeds >= 1, "postprocessing.num_seeds", "at least 1"),
         (config.postprocessing.min_size >= 0, "postprocessing.min_size", "non-negative"),
+        (0.0 <= config.postprocessing.merge_overlap_fraction < 1.0, "postprocessing.merge_overlap_fraction",
+         "in [0, 1)"),
+        (config.postprocessing.merge_ignore_border >= 0, "postprocessing.merge_ignore_border", "non-negative"),
         (config.tracking.min_track_length >= 1, "tracking.min_track_length", "at least 1"),
         (config.tracking.parent_search_frames >= 1, "tracking.parent_search_frames", "at least 1"),
     ]

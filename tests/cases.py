@@ -1,0 +1,221 @@
+"""Shared small synthetic cases for the post-processing tests (tiling, tracking, writing, ``rshn postprocess``).
+
+Each :class:`Case` is a tiny video of instance labels as a perfect clustering would see them (``observed``), the
+final labels the post-processing must produce (``expected``) and the expected lineage (``tracks``, ``L B E P``).
+Expected values are written down by construction here, not computed by the code under test. Ids of the result are
+arbitrary, so tests compare :func:`canonical` forms (ids renumbered by first frame, then first pixel).
+
+All cases share the frame size :data:`SHAPE` (64 × 96): with 64-px tiles and an overlap of 32 it is covered by two
+tiles (x offsets 0 and 32), so the instance-across-a-tile-border case is meaningful end to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SHAPE = (64, 96)
+TILE = (64, 64)
+OVERLAP = 32
+
+
+@dataclass
+class Case:
+    """One catalogue case.
+
+    Attributes:
+        name: Short identifier (used as pytest id).
+        observed: (T, H, W) int32 instance labels per frame as a clustering of the frame pairs would give them
+            (labels of one instance agree across the two frames of a pair).
+        expected: (T, H, W) int32 final labels after tracking and finalisation.
+        tracks: (N, 4) expected ``L B E P`` rows, ids as in ``expected``.
+        border_band: ``data.border_band`` used by the case.
+        note: What the case checks.
+    """
+
+    name: str
+    observed: np.ndarray
+    expected: np.ndarray
+    tracks: np.ndarray
+    border_band: int = 0
+    note: str = ""
+    tracking: dict = field(default_factory=dict)
+
+
+def disk_mask(shape: tuple[int, int], cy: float, cx: float, radius: float) -> np.ndarray:
+    """Boolean disk (y − cy)² + (x − cx)² ≤ radius² on a grid of ``shape`` (clipped at the image edge)."""
+    y, x = np.ogrid[:shape[0], :shape[1]]
+    return (y - cy) ** 2 + (x - cx) ** 2 <= radius ** 2
+
+
+def paint(video: np.ndarray, t: int, label: int, cy: float, cx: float, radius: float) -> None:
+    """Draw a disk of ``label`` into frame ``t`` of ``video`` (in place)."""
+    video[t][disk_mask(video.shape[1:], cy, cx, radius)] = label
+
+
+def _tracks(*rows: tuple[int, int, int, int]) -> np.ndarray:
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+
+
+def one_cell() -> Case:
+    v = np.zeros((5,) + SHAPE, np.int32)
+    for t in range(5):
+        paint(v, t, 1, 30, 20 + 2 * t, 7)
+    return Case("one_cell", v, v.copy(), _tracks((1, 0, 4, 0)), note="a single moving cell is one track")
+
+
+def two_touching() -> Case:
+    v = np.zeros((6,) + SHAPE, np.int32)
+    for t in range(6):
+        v[t, 20:40, 30 + t:45 + t] = 1
+        v[t, 20:40, 45 + t:60 + t] = 2  # shares a border with cell 1
+    return Case("two_touching", v, v.copy(), _tracks((1, 0, 5, 0), (2, 0, 5, 0)),
+                note="touching cells stay separate tracks")
+
+
+def division() -> Case:
+    """Mother 1 in frames 0–11 (longer than t_merge, so the false-split repair cannot fire), daughters 2, 3 from 12."""
+    v = np.zeros((15,) + SHAPE, np.int32)
+    for t in range(12):
+        paint(v, t, 1, 32, 40, 8)
+    for t in range(12, 15):
+        paint(v, t, 2, 32, 33 - (t - 12), 6)
+        paint(v, t, 3, 32, 47 + (t - 12), 6)
+    return Case("division", v, v.copy(), _tracks((1, 0, 11, 0), (2, 12, 14, 1), (3, 12, 14, 1)),
+                note="a mitosis gives two children with the mother as parent")
+
+
+def early_division() -> Case:
+    """Division in frame 3: the code's t_merge repair relabels the short mother (starts in frame 0) to a daughter;
+    the lineage-consistency split must restore mother → two daughters."""
+    v = np.zeros((6,) + SHAPE, np.int32)
+    for t in range(3):
+        paint(v, t, 1, 32, 48, 8)
+    for t in range(3, 6):
+        paint(v, t, 2, 32, 41 - (t - 3), 6)
+        paint(v, t, 3, 32, 55 + (t - 3), 6)
+    return Case("early_division", v, v.copy(), _tracks((1, 0, 2, 0), (2, 3, 5, 1), (3, 3, 5, 1)),
+                note="a division within t_merge frames of the video start keeps its lineage")
+
+
+def false_split() -> Case:
+    """Cell 1 over 8 frames; in frames 3–4 the clustering splits it into halves 1 and 5 that re-merge in frame 5."""
+    v = np.zeros((8,) + SHAPE, np.int32)
+    e = np.zeros_like(v)
+    for t in range(8):
+        paint(v, t, 1, 32, 30 + t, 9)
+        paint(e, t, 1, 32, 30 + t, 9)
+        if t in (3, 4):
+            right = v[t] == 1
+            right[:, :30 + t] = False
+            v[t][right] = 5
+        paint(v, t, 2, 32, 75, 6)  # a bystander that must stay untouched
+        paint(e, t, 2, 32, 75, 6)
+    return Case("false_split", v, e, _tracks((1, 0, 7, 0), (2, 0, 7, 0)),
+                note="a split that re-merges within t_merge frames is undone (t_merge)")
+
+
+def enter_leave() -> Case:
+    """Cell 1 stays; cell 2 enters from the left, cell 3 leaves on the right. With a 4-px border band the frames in
+    which only a sliver (wholly inside the band) is visible are removed."""
+    band = 4
+    v = np.zeros((8,) + SHAPE, np.int32)
+    e = np.zeros_like(v)
+    W = SHAPE[1]
+    for t in range(8):
+        paint(v, t, 1, 32, 48, 7)
+    # cell 2: centre x = -4 (sliver x <= 2, inside the band), then -1, 4, 9, ... from frame 2 on
+    for t in range(2, 8):
+        paint(v, t, 2, 16, -4 + 5 * (t - 2), 6)
+    # cell 3: centre x = W - 10 + 3t; in its last visible frame (4) only x >= W - 4 (inside the band) is left
+    for t in range(0, 5):
+        paint(v, t, 3, 48, W - 10 + 3 * t, 6)
+    e[:] = v
+    e[2][e[2] == 2] = 0  # sliver of cell 2 in frame 2 lies wholly inside the band
+    e[4][e[4] == 3] = 0  # sliver of cell 3 in frame 4 likewise
+    return Case("enter_leave", v, e, _tracks((1, 0, 7, 0), (2, 3, 7, 0), (3, 0, 3, 0)), border_band=band,
+                note="entering/leaving cells; instances wholly inside the CTC border band are removed")
+
+
+def tile_border() -> Case:
+    """Cells crossing the inner tile edges x = 32 and x = 63 of the two-tile grid while moving right."""
+    v = np.zeros((6,) + SHAPE, np.int32)
+    for t in range(6):
+        paint(v, t, 1, 20, 26 + 3 * t, 6)   # crosses x = 32 (left edge of tile 1)
+        paint(v, t, 2, 44, 55 + 3 * t, 6)   # crosses x = 63 (right edge of tile 0)
+    return Case("tile_border", v, v.copy(), _tracks((1, 0, 5, 0), (2, 0, 5, 0)),
+                note="instances cut by an inner tile border are taken from the other tile")
+
+
+def speckle() -> Case:
+    """A 2 × 2 speckle in frame 3 only: a parent-less track shorter than t_length = 2 is removed."""
+    v = np.zeros((6,) + SHAPE, np.int32)
+    for t in range(6):
+        paint(v, t, 1, 32, 30, 7)
+    v[3, 5:7, 85:87] = 9
+    e = v.copy()
+    e[e == 9] = 0
+    return Case("speckle", v, e, _tracks((1, 0, 5, 0)), note="tiny one-frame speckles are removed (t_length)")
+
+
+def catalogue() -> list[Case]:
+    """All cases, in a fixed order."""
+    return [one_cell(), two_touching(), division(), early_division(), false_split(), enter_leave(), tile_border(),
+            speckle()]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def pairs_from_video(video: np.ndarray, seed: int = 0) -> list[np.ndarray]:
+    """Frame pairs (2, H, W) of consecutive frames with labels shuffled per pair (clusters come in any order)."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for t in range(video.shape[0] - 1):
+        pair = video[t:t + 2].copy()
+        ids = np.unique(pair)
+        ids = ids[ids > 0]
+        lut = np.zeros(int(pair.max(initial=0)) + 1, np.int32)
+        lut[ids] = rng.permutation(ids.size) + 1
+        pairs.append(lut[pair])
+    return pairs
+
+
+def canonical(labels: np.ndarray, tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber track ids by (first frame, raster index of the first pixel there), parents accordingly.
+
+    Args:
+        labels: (T, H, W) labels.
+        tracks: (N, 4) ``L B E P`` rows.
+
+    Returns:
+        Renumbered ``(labels, tracks)`` with tracks sorted by id.
+    """
+    labels = np.asarray(labels)
+    tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
+    keys = []
+    for label, first, _, _ in tracks:
+        flat = np.flatnonzero(labels[first].ravel() == label)
+        keys.append((int(first), int(flat[0]) if flat.size else -1, int(label)))
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    lut = np.zeros(int(max(labels.max(initial=0), tracks[:, 0].max(initial=0))) + 1, np.int64)
+    for new, i in enumerate(order, start=1):
+        lut[tracks[i, 0]] = new
+    out_tracks = np.array([[lut[L], B, E, lut[P] if P else 0] for L, B, E, P in tracks], dtype=np.int64)
+    out_tracks = out_tracks[np.argsort(out_tracks[:, 0])] if len(out_tracks) else out_tracks.reshape(-1, 4)
+    return lut[labels], out_tracks
+
+
+def tile_labels_of_pair(pair: np.ndarray, grid) -> list[np.ndarray]:
+    """What a perfect per-tile clustering returns: each tile's crop of ``pair`` (padding 0), relabelled 1..K."""
+    out = []
+    for tile in grid.tiles:
+        crop = tile.extract(pair, 0, axis=1)
+        ids = np.unique(crop)
+        ids = ids[ids > 0]
+        lut = np.zeros(int(crop.max(initial=0)) + 1, np.int32)
+        lut[ids] = np.arange(1, ids.size + 1)
+        out.append(lut[crop])
+    return out
