@@ -106,17 +106,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_postprocess(args: argparse.Namespace) -> int:
     """Cluster, merge, track and write CTC results from saved embeddings."""
-    raise _not_yet("postprocess", "clustering, tile merging and tracking (issue 6) are not implemented")
+    from rshn_tf.postprocess import run_postprocess
+
+    config = _config(args, args.config)
+    processor = run_postprocess(args.embeddings, args.output, config, tuple(args.original_shape))
+    print(f"wrote {processor.num_frames} frames to {args.output}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a result folder against CTC ground truth."""
-    raise _not_yet("evaluate", "evaluation with py-ctcmetrics (issue 6) is not implemented")
+    from rshn_tf.evaluation import evaluate_result, format_scores
+
+    print(format_scores(evaluate_result(args.res, args.gt), as_json=args.json))
+    return 0
 
 
 def cmd_overlay(args: argparse.Namespace) -> int:
     """Draw tracked contours over the frames."""
-    raise _not_yet("overlay", "the overlay renderer (issue 6) is not implemented")
+    from rshn_tf.visualize import render_overlay
+
+    print(f"wrote {render_overlay(args.res, args.frames, args.out)}")
+    return 0
 
 
 def cmd_show_sample(args: argparse.Namespace) -> int:

@@ -1,0 +1,123 @@
+"""Writing a Cell Tracking Challenge result folder: ``maskNNN.tif`` (uint16) per frame and ``res_track.txt``.
+
+The folder is written completely into a temporary folder next to the target and renamed into place at the end, so
+a crash never leaves a half-written result; an existing result folder is replaced only in that last step. This
+module must not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from data_io.ctc import write_tiff, write_track_file
+from rshn_tf.errors import RshnError
+
+if TYPE_CHECKING:
+    from rshn_tf.config import Config
+
+log = logging.getLogger(__name__)
+
+#: Largest label a CTC mask can hold (masks are uint16).
+MAX_LABEL = np.iinfo(np.uint16).max
+#: Files a result folder may contain; a folder with anything else is not replaced.
+_RESULT_FILE_PATTERNS = ("mask*.tif", "res_track.txt", "config.yaml")
+
+
+def mask_digits(num_frames: int) -> int:
+    """Digits of the frame index in file names: 3 (``t000``) up to 1000 frames, else 4, as the CTC uses."""
+    return 3 if num_frames <= 1000 else 4
+
+
+def _fresh_folder(target: Path, kind: str) -> Path:
+    """Create a new hidden folder beside ``target`` (permissions follow the umask, unlike ``mkdtemp``)."""
+    while True:
+        folder = target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+
+
+def _looks_like_result(folder: Path) -> bool:
+    entries = list(folder.iterdir())
+    return all(any(e.is_file() and e.match(p) for p in _RESULT_FILE_PATTERNS) for e in entries)
+
+
+def write_ctc_result(
+    output_dir: str | os.PathLike,
+    labels: np.ndarray,
+    tracks: np.ndarray,
+    digits: Optional[int] = None,
+    config: Optional["Config"] = None,
+) -> Path:
+    """Write a CTC result folder atomically.
+
+    Args:
+        output_dir: The result folder (e.g. ``DATASET/01_RES``); its parent is created if needed. An existing folder
+            is replaced only if it holds nothing but result files (``mask*.tif``, ``res_track.txt``,
+            ``config.yaml``).
+        labels: (T, H, W) non-negative integer labels, one track id per instance.
+        tracks: (N, 4) ``L B E P`` rows (label, first frame, last frame, parent or 0).
+        digits: Digits of the frame index in ``maskNNN.tif`` (3 or 4, as the input frames use); ``None`` picks
+            :func:`mask_digits`.
+        config: If given, the resolved configuration is saved as ``config.yaml`` in the folder.
+
+    Returns:
+        The result folder.
+
+    Raises:
+        RshnError: If ids do not fit uint16, the digits are wrong, or the target cannot be replaced.
+    """
+    output_dir = Path(output_dir)
+    labels = np.asarray(labels)
+    tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (T, H, W), got shape {labels.shape}")
+    num_frames = labels.shape[0]
+    digits = mask_digits(num_frames) if digits is None else int(digits)
+    if digits not in (3, 4) or num_frames > 10 ** digits:
+        raise RshnError(f"{output_dir}: cannot name {num_frames} frames with {digits} digits (use 3 or 4)")
+    lowest = min(int(labels.min(initial=0)), int(tracks.min(initial=0)))
+    highest = max(int(labels.max(initial=0)), int(tracks[:, 0].max(initial=0)))
+    if lowest < 0:
+        raise RshnError(f"{output_dir}: negative label or track value {lowest}; CTC labels are non-negative")
+    if highest > MAX_LABEL:
+        raise RshnError(
+            f"{output_dir}: track id {highest} does not fit the uint16 masks of the CTC format (max {MAX_LABEL}); "
+            f"the result has too many tracks ({len(tracks)}) for one CTC sequence"
+        )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RshnError(f"{output_dir}: exists and is not a folder")
+    if output_dir.is_dir() and not _looks_like_result(output_dir):
+        raise RshnError(f"{output_dir}: folder exists and holds files other than a CTC result; refusing to "
+                        f"replace it (choose another output folder or empty it)")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _fresh_folder(output_dir, "tmp")
+    try:
+        for t in range(num_frames):
+            write_tiff(tmp / f"mask{t:0{digits}d}.tif", labels[t].astype(np.uint16))
+        write_track_file(tmp / "res_track.txt", tracks)
+        if config is not None:
+            from rshn_tf.config import save_config
+
+            save_config(config, tmp / "config.yaml")
+        if output_dir.exists():
+            old = _fresh_folder(output_dir, "old")
+            os.replace(output_dir, old / output_dir.name)
+            os.replace(tmp, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %d masks and %d tracks to %s", num_frames, len(tracks), output_dir)
+    return output_dir
