@@ -219,3 +219,125 @@ def tile_labels_of_pair(pair: np.ndarray, grid) -> list[np.ndarray]:
         lut[ids] = np.arange(1, ids.size + 1)
         out.append(lut[crop])
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Oracle embeddings: what a perfect network would predict for a label video
+
+
+#: Embedding size and number of instance directions of the oracle (e_b = e_0; instances use e_1 … e_15).
+ORACLE_DIM = 16
+ORACLE_COLOURS = 15
+
+
+def expand_labels(labels: np.ndarray, distance: float) -> np.ndarray:
+    """Grow every label into the background by up to ``distance`` pixels (nearest label wins)."""
+    from scipy import ndimage
+
+    if distance <= 0 or not labels.any():
+        return labels.copy()
+    dist, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    grown = labels[iy, ix]
+    grown[dist > distance] = 0
+    return grown
+
+
+def close_pairs(grown: np.ndarray, grown_next: np.ndarray | None = None) -> set[tuple[int, int]]:
+    """Pairs of labels (i < j) that touch in a frame whose labels were grown by half the neighbour distance
+    (:func:`expand_labels`), or that overlap between it and the grown next frame (a mother and its daughters)."""
+    if grown_next is not None:
+        both = (grown > 0) & (grown_next > 0) & (grown != grown_next)
+        a, b = grown[both], grown_next[both]
+    else:
+        a = np.concatenate([grown[1:, :].ravel(), grown[:, 1:].ravel()])
+        b = np.concatenate([grown[:-1, :].ravel(), grown[:, :-1].ravel()])
+        differ = (a != b) & (a > 0) & (b > 0)
+        a, b = a[differ], b[differ]
+    codes = np.unique(np.minimum(a, b).astype(np.int64) << 32 | np.maximum(a, b))
+    return set(zip((codes >> 32).tolist(), (codes & 0xFFFFFFFF).tolist()))
+
+
+def dsatur_colouring(nodes: list[int], edges: set[tuple[int, int]]) -> dict[int, int]:
+    """Greedy DSATUR graph colouring: colours 0, 1, … so that neighbours differ."""
+    neighbours: dict[int, set[int]] = {n: set() for n in nodes}
+    for a, b in edges:
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    colour: dict[int, int] = {}
+    while len(colour) < len(nodes):
+        node = max((n for n in nodes if n not in colour),
+                   key=lambda n: (len({colour[m] for m in neighbours[n] if m in colour}), len(neighbours[n]), -n))
+        used = {colour[m] for m in neighbours[node] if m in colour}
+        colour[node] = next(c for c in range(len(nodes) + 1) if c not in used)
+    return colour
+
+
+def window_colourings(video: np.ndarray, window: int, distance: float) -> list[dict[int, int]]:
+    """Colours 1..15 of the tracks of every pair (t, t+1), coloured over the network window of ``window`` frames
+    ending at t+1 (the network keeps an instance's embedding within one window; windows are independent).
+
+    Tracks whose masks come within ``distance`` px in a frame of the window, or in two consecutive frames of it,
+    are neighbours. If a window needs more than 15 colours, the distance is halved for that window until it fits
+    (touching cells always differ).
+    """
+    grown: dict[float, dict[int, np.ndarray]] = {}
+    pairs: dict[tuple[float, int, bool], set[tuple[int, int]]] = {}
+
+    def edges_of(d: float, f: int, with_next: bool) -> set[tuple[int, int]]:
+        key = (d, f, with_next)
+        if key not in pairs:
+            cache = grown.setdefault(d, {})
+            for g in (f, f + 1) if with_next else (f,):
+                if g not in cache:
+                    cache[g] = expand_labels(video[g], d / 2.0)
+            pairs[key] = close_pairs(cache[f], cache[f + 1] if with_next else None)
+        return pairs[key]
+
+    present = [set(np.flatnonzero(np.bincount(f.ravel())).tolist()) - {0} for f in video]
+    colourings = []
+    for t in range(video.shape[0] - 1):
+        frames = range(max(0, t + 2 - window), t + 2)
+        nodes = sorted(set().union(*(present[f] for f in frames)))
+        d = float(distance)
+        while True:
+            edges = set().union(*(edges_of(d, f, False) for f in frames),
+                                *(edges_of(d, f, True) for f in frames[:-1]))
+            colour = dsatur_colouring(nodes, edges)
+            if not colour or max(colour.values()) < ORACLE_COLOURS:
+                break
+            if d <= 1.0:
+                raise ValueError(f"pair {t}: touching tracks need more than {ORACLE_COLOURS} colours")
+            d /= 2.0
+        colourings.append({n: c + 1 for n, c in colour.items()})
+    return colourings
+
+
+def oracle_pair(video: np.ndarray, t: int, colouring: dict[int, int], noise: float,
+                rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
+    """Oracle embeddings (2, h, w, 16) of frames (t, t+1): unit vector e_colour per instance, e_b = e_0 for the
+    background, plus Gaussian noise of standard deviation ``noise`` per component, L2-normalised."""
+    pair = video[t:t + 2]
+    lut = np.zeros(int(pair.max(initial=0)) + 1, dtype=np.int64)
+    for label, colour in colouring.items():
+        if label < lut.size:
+            lut[label] = colour
+    emb = rng.standard_normal(pair.shape + (ORACLE_DIM,), dtype=np.float32)
+    emb *= noise
+    flat = emb.reshape(-1)
+    flat[np.arange(pair.size) * ORACLE_DIM + lut[pair].ravel()] += 1.0
+    emb /= np.sqrt(np.einsum("...d,...d->...", emb, emb))[..., None]
+    return emb.astype(dtype, copy=False)
+
+
+def write_oracle_embeddings(video: np.ndarray, folder, window: int, distance: float, noise: float = 0.05,
+                            seed: int = 0, dtype=np.float32) -> int:
+    """Write ``pair_000.npy`` … for a label video at the network resolution; returns the number of pairs."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    colourings = window_colourings(video, window, distance)
+    for t, colouring in enumerate(colourings):
+        np.save(folder / f"pair_{t:03d}.npy", oracle_pair(video, t, colouring, noise, rng, dtype))
+    return len(colourings)
