@@ -401,8 +401,10 @@ def load_sequence(dataset_dir: str | os.PathLike, seq: str | int, *, require_fra
     Args:
         dataset_dir: The dataset folder holding ``NN/``, ``NN_GT/``, ``NN_ST/``.
         seq: Sequence name (``"01"`` or ``1``).
-        require_frames: Raise if the raw frame folder ``NN/`` is absent; with False, load ground truth only.
-        load_silver: Also load ``NN_ST/SEG`` into ``silver_seg`` (relabelled to TRA ids).
+        require_frames: Raise if the raw frame folder ``NN/`` is absent. With False, a missing ``NN/`` gives a
+            ground-truth-only sequence (``frames`` None); frames are still loaded when the folder exists.
+        load_silver: Also load ``NN_ST/SEG`` into ``silver_seg`` (relabelled to TRA ids); stays empty when the
+            folder does not exist.
 
     Returns:
         The loaded :class:`Sequence`.
@@ -474,6 +476,9 @@ def load_sequence(dataset_dir: str | os.PathLike, seq: str | int, *, require_fra
                                                                       fresh_id, frame=t, source="ST")
         sequence.merge_issues.extend(issues)
     _log_merge_issues(sequence.merge_issues, gt_dir)
+    logger.info("%s sequence %s: %d frames of %dx%d, %d tracks, %d SEG frames (%d complete)", dataset_dir, seq,
+                num_frames, *sequence.shape, len(sequence.tracks), len(sequence.seg),
+                len(sequence.complete_seg_frames))
     return sequence
 
 
@@ -539,6 +544,8 @@ def merge_seg_into_tra(seg: np.ndarray, tra: np.ndarray, fresh_id: int, *, frame
     """
     seg = np.asarray(seg)
     tra = np.asarray(tra)
+    if seg.shape != tra.shape:
+        raise ValueError(f"SEG shape {seg.shape} and TRA shape {tra.shape} differ")
     seg_labels = _present_labels(seg)
     if seg_labels.size == 0:
         return np.zeros(seg.shape, dtype=np.uint16), [], fresh_id
