@@ -193,6 +193,8 @@ class LossConfig:
         neighbour_dilation: Code: diameter of the disk the instance is dilated with in ``code`` mode (5).
         hourglass_weights: Weight of the loss on each hourglass output (notes §3.6: 1 and 1).
         background_weight: Weight of the background term L(b) (eq. 6: 1).
+        epsilon: ε of the L2 normalisation of pixel and mean embeddings inside the loss, x / sqrt(max(‖x‖², ε))
+            (code: the ``tf.nn.l2_normalize`` default 1e-12, notes §3.2); a zero vector gets cosine 0.
     """
 
     variant: Literal["paper", "miccai2018"] = "paper"
@@ -202,6 +204,7 @@ class LossConfig:
     neighbour_dilation: int = 5
     hourglass_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])
     background_weight: float = 1.0
+    epsilon: float = 1e-12
 
 
 @dataclass
@@ -658,6 +661,7 @@ def validate(config: Config, source: str = "config") -> None:
          f"divisible by 2^(model.levels-1) = {2 ** (config.model.levels - 1)}"),
         (0.0 <= config.augmentation.mirror_probability <= 1.0, "augmentation.mirror_probability", "in [0, 1]"),
         (config.loss.max_instances >= 1, "loss.max_instances", "at least 1"),
+        (config.loss.epsilon > 0.0, "loss.epsilon", "positive"),
         (len(config.loss.hourglass_weights) == config.model.stacks, "loss.hourglass_weights",
          "one weight per hourglass (model.stacks)"),
         (config.training.iterations >= 1, "training.iterations", "at least 1"),
