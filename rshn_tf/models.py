@@ -4,13 +4,10 @@ All three stack ``stacks`` hourglasses (:class:`rshn_tf.layers.Hourglass`); hour
 concatenated with the L2-normalised embeddings of hourglass k-1, and every model returns a **list** with the raw
 (unnormalised) embeddings of each hourglass, because the loss is applied to all of them (§2.1).
 
-================================  ======================  ===========================================
-model                             input                   outputs (one per hourglass)
-================================  ======================  ===========================================
-:class:`RecurrentStackedHourglass`  (B, T, H, W, C)          (B, T, H, W, D); states start at zero per call
-:class:`StackedHourglass`           (B, H, W, C)             (B, H, W, D); still images
-:class:`VolumetricStackedHourglass` (B, T, H, W, C)          (B, T, H, W, D); the window in one pass
-================================  ======================  ===========================================
+* :class:`RecurrentStackedHourglass` (RSHN): (B, T, H, W, C) → (B, T, H, W, D) per hourglass; the ConvGRU states
+  start at zero for every call.
+* :class:`StackedHourglass` (SHN): still images (B, H, W, C) → (B, H, W, D) per hourglass.
+* :class:`VolumetricStackedHourglass`: a whole window (B, T, H, W, C) in one pass → (B, T, H, W, D) per hourglass.
 
 H and W must be multiples of 2^(levels-1). Build models with :func:`build_model` (from a
 :class:`~rshn_tf.config.ModelConfig`) or the explicit builders :func:`build_rshn`, :func:`build_shn` and
@@ -540,7 +537,7 @@ def resolve_input_conv(model_config: ModelConfig) -> bool:
 
 def build_model(
     model_config: ModelConfig, *, input_channels: int = IMAGE_CHANNELS, unroll: bool = False
-) -> _StackedHourglassModel:
+) -> keras.Model:
     """Build the network selected by ``model_config.architecture`` with every value from the config.
 
     Args:

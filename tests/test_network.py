@@ -447,3 +447,21 @@ def test_paper_rshn_runs_on_the_smallest_valid_frame():
     assert [tuple(o.shape) for o in outputs] == [(1, 64, 64, 16)] * 2
     assert tuple(states[1][6].shape) == (1, 1, 1, 64)
     assert np.isfinite(np.asarray(outputs[1])).all()
+
+
+def test_initialisation_is_reproducible_with_the_global_seed():
+    def weights(seed):
+        keras.utils.set_random_seed(seed)
+        return [np.asarray(v) for v in build_rshn(**SMALL).weights]
+
+    first, again, other = weights(11), weights(11), weights(12)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_unrolled_time_loop_gives_the_same_outputs(small_rshn):
+    unrolled = RecurrentStackedHourglass.from_config({**small_rshn.get_config(), "unroll": True})
+    unrolled.set_weights(small_rshn.get_weights())
+    frames = random_frames((1, T, 16, 16, 1), seed=12)
+    for a, b in zip(small_rshn(frames), unrolled(frames)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
