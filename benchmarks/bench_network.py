@@ -14,7 +14,9 @@ Modes per configuration:
   gradients of all trainable variables (what a training step does, without the optimizer update).
 * ``stream`` (RSHN only): ``tf.function(model.step)`` on one (1, H, W, 1) frame (inference, §2.5).
 
-For each: trace time (``get_concrete_function``), first call, and the mean of ``--repeats`` further calls.
+For each: trace time (``get_concrete_function``), first call, and the mean of ``--repeats`` further calls; the
+per-frame time is also given as a ratio to one plain convolution measured in the same process (the README's
+"ratios against a baseline measured in the same run"), which is comparable across machines.
 
 Usage::
 
@@ -39,6 +41,26 @@ CONFIGS = {
     "paper": dict(model={}, size=256),
     "small": dict(model=dict(levels=3, filters=8, embedding_size=4), size=32),
 }
+
+
+def time_baseline_conv(filters: int, kernel_size: int, size: int, repeats: int = 10) -> float:
+    """Seconds of one forward k×k convolution, filters → filters channels, on a (1, size, size, filters) input.
+
+    Measured in the same process right after the model, it turns the per-frame times into machine-independent
+    ratios ("how many such convolutions a frame costs").
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    conv = keras.layers.Conv2D(filters, kernel_size, padding="same")
+    x = tf.constant(np.random.default_rng(1).normal(size=(1, size, size, filters)).astype("float32"))
+    function = tf.function(conv)
+    function(x).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function(x).numpy()
+    return (time.perf_counter() - start) / repeats
 
 
 def run_worker(args: argparse.Namespace) -> dict:
@@ -95,6 +117,7 @@ def run_worker(args: argparse.Namespace) -> dict:
         result = function(*call_args)
         tf.nest.map_structure(lambda t: t.numpy(), result)
         times.append(time.perf_counter() - start)
+    baseline_seconds = time_baseline_conv(config.filters, config.kernel_size, size)
     return dict(
         config=args.config,
         architecture=args.architecture,
@@ -109,6 +132,8 @@ def run_worker(args: argparse.Namespace) -> dict:
         first_call_s=first_seconds,
         call_s=float(np.mean(times)),
         per_frame_s=float(np.mean(times)) / frames_per_call,
+        baseline_conv_s=baseline_seconds,
+        per_frame_in_convs=float(np.mean(times)) / frames_per_call / baseline_seconds,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         threads=os.cpu_count(),
     )
@@ -136,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
 
     results = []
     header = (f"{'config':6} {'arch':10} {'mode':7} {'HxW':>7} {'T':>2} {'params':>9} {'trace s':>8} "
-              f"{'1st call s':>10} {'call s':>8} {'s/frame':>8} {'peak MB':>8}")
+              f"{'1st call s':>10} {'call s':>8} {'s/frame':>8} {'convs/frame':>11} {'peak MB':>8}")
     print(header)
     print("-" * len(header))
     for config in args.configs:
@@ -156,10 +181,13 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(r)
                 print(f"{r['config']:6} {r['architecture']:10} {r['mode']:7} {r['size']:>3}x{r['size']:<3} "
                       f"{r['length']:>2} {r['parameters']:>9,} {r['trace_s']:>8.2f} {r['first_call_s']:>10.2f} "
-                      f"{r['call_s']:>8.3f} {r['per_frame_s']:>8.3f} {r['peak_rss_mb']:>8.0f}", flush=True)
+                      f"{r['call_s']:>8.3f} {r['per_frame_s']:>8.3f} {r['per_frame_in_convs']:>11.1f} "
+                      f"{r['peak_rss_mb']:>8.0f}", flush=True)
     print(f"\nCPU: {os.cpu_count()} logical cores (timings are noisy when other processes share them); "
           "'trace s' = tf.function tracing only; '1st call s' includes graph optimisation; 'call s' = mean of "
-          "the following calls; peak MB = peak resident memory of the measuring process.")
+          "the following calls; convs/frame = s/frame divided by the time of one forward kernel_size² "
+          "filters→filters convolution at tile size, measured in the same process (a machine-independent ratio); "
+          "peak MB = peak resident memory of the measuring process.")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
