@@ -1,0 +1,616 @@
+"""Clustering the embeddings of one 2-frame tile into instance labels (paper §2.3, §3.1, §5.3; notes §5.3).
+
+Pipeline of :func:`cluster_tile` for the embeddings ``(2, h, w, D)`` of frames t and t+1 of one tile:
+
+1. Background: pixels with cos(e, e_b)² > ``background_threshold`` (e_b = (1, 0, …, 0), §2.3), computed as
+   e₀² > threshold · ‖e‖². Padding pixels (all-zero embeddings) are background too. (The authors' code treats
+   cos² = threshold as background as well; that differs only for pixels exactly on the boundary.)
+2. Features of the foreground pixels of both frames: [e, c·y, c·x] with tile-local row y and column x, the same
+   in both frames, no time coordinate (notes §5.3).
+3. Cosine mean shift with a flat kernel of bandwidth h in cosine distance (§2.3, notes §5.3), from
+   ``num_seeds`` random foreground pixels, followed by de-duplication of the modes and the assignment of every
+   foreground pixel to its nearest mode — or HDBSCAN (preliminary work, Table 3) when
+   ``clustering: hdbscan``.
+4. Every cluster is split into its 3-D connected components over the two frames (18-neighbourhood in (t, y, x));
+   components with fewer than ``min_size`` voxels (both frames together) are removed; labels are made
+   consecutive.
+
+Exactness. :func:`cosine_mean_shift` (fast) and :func:`cosine_mean_shift_reference` (one seed at a time, as in
+the notes) return identical modes and labels. Both first round the features to a fixed-point grid (a multiple of
+2^-b with about 22 significant bits, far below any meaningful difference of embeddings), and the means to the
+same grid after every update. On that grid every dot product and every neighbour sum is computed exactly in
+float64, whatever the order of summation, so every decision (neighbour or not, converged or not, which mode is
+kept, which mode is nearest) is the same in both implementations. The fast version screens candidates with
+float32 matrix products and re-checks the few values within a safety margin of a decision boundary exactly.
+
+Speed. The fast version groups the current means around anchor directions; for each group it keeps only the
+points within angle θ_h + ρ of the anchor (θ_h = arccos(1 − h), ρ the allowed distance of a member mean from
+its anchor). By the triangle inequality on the sphere no other point can be a neighbour of a member mean, so each
+group iterates on a small dense block with BLAS. Means that move farther than ρ from their anchor are regrouped;
+seeds whose means become identical are iterated once; converged seeds leave the active set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from rshn_tf.config import PostprocessingConfig
+from rshn_tf.errors import RshnError
+
+__all__ = [
+    "cluster_tile",
+    "cluster_tiles",
+    "tile_seed",
+    "foreground_mask",
+    "tile_features",
+    "choose_seeds",
+    "cosine_mean_shift",
+    "cosine_mean_shift_reference",
+    "hdbscan_clusters",
+    "split_components",
+]
+
+logger = logging.getLogger(__name__)
+
+# Implementation constants of the fast mean shift. They change speed only, never results.
+#: Significant bits of the fixed-point grid the features and means are rounded to (see module docstring).
+_FIXED_POINT_BITS = 22
+#: Angle (radians) a mean may move away from its group's anchor before it is regrouped.
+_ANCHOR_RADIUS = 0.25
+#: Angle (radians) within which new means are grouped with a leader mean.
+_LEADER_RADIUS = 0.1
+#: The same two radii for grouping the seeds themselves (single noisy pixels, farther apart than later means).
+_FIRST_ANCHOR_RADIUS = 0.4
+_FIRST_LEADER_RADIUS = 0.3
+#: Points per chunk when searching all points for the candidates of new anchors.
+_CHUNK_POINTS = 32768
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tile -> features
+
+
+def foreground_mask(embeddings: np.ndarray, background_threshold: float) -> np.ndarray:
+    """Return the foreground mask of a tile: cos(e, e_b)² <= threshold and e non-zero (§2.3).
+
+    Args:
+        embeddings: Float array (..., D); channel 0 is the direction of the background embedding e_b.
+        background_threshold: Pixels with e₀² > threshold · ‖e‖² are background.
+
+    Returns:
+        Boolean array of the leading shape of ``embeddings``.
+    """
+    squared_norm = np.einsum("...d,...d->...", embeddings, embeddings)
+    first = embeddings[..., 0]
+    return (first * first <= background_threshold * squared_norm) & (squared_norm > 0)
+
+
+def tile_features(
+    embeddings: np.ndarray, mask: np.ndarray, coordinate_factor: float
+) -> np.ndarray:
+    """Return the clustering features [e, c·y, c·x] of the masked pixels of a tile (notes §5.3).
+
+    Args:
+        embeddings: Array (T, h, w, D).
+        mask: Boolean array (T, h, w) of the pixels to take.
+        coordinate_factor: Factor c of the tile-local pixel coordinates (row y, column x; no time coordinate).
+
+    Returns:
+        Float32 array (N, D + 2), pixels in raster order (t, y, x).
+    """
+    _, rows, cols = np.nonzero(mask)
+    features = np.empty((rows.size, embeddings.shape[-1] + 2), dtype=np.float32)
+    features[:, :-2] = embeddings[mask]
+    features[:, -2] = coordinate_factor * rows
+    features[:, -1] = coordinate_factor * cols
+    return features
+
+
+def choose_seeds(num_points: int, num_seeds: int, seed: Optional[int]) -> np.ndarray:
+    """Return the indices of the mean-shift seeds: ``num_seeds`` points drawn without replacement.
+
+    Uses ``np.random.default_rng(seed).choice``; all points (in order) when there are at most ``num_seeds``.
+    """
+    if num_points <= num_seeds:
+        return np.arange(num_points)
+    return np.random.default_rng(seed).choice(num_points, size=num_seeds, replace=False)
+
+
+def tile_seed(seed: int, index: int) -> int:
+    """Return the seed of tile ``index`` of a frame pair clustered with ``seed`` by :func:`cluster_tiles`.
+
+    Derived with ``np.random.SeedSequence([seed, index])`` so that different (seed, index) pairs give independent
+    seed selections.
+    """
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint32)[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fixed-point arithmetic shared by both mean-shift implementations
+
+
+@dataclass
+class _Points:
+    """The points of one mean-shift problem on the fixed-point grid."""
+
+    values: np.ndarray  # (N, F) float64, exact multiples of 1/scale
+    norms: np.ndarray  # (N,) float64, sqrt of the exact squared norms
+    scale: float  # 2**b
+
+
+def _prepare(features: np.ndarray) -> _Points:
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"features must be a 2-D array (N, F), got shape {features.shape}")
+    values = features.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("features contain NaN or infinite values")
+    largest = float(np.abs(values).max()) if values.size else 1.0
+    exponent = math.frexp(largest)[1] if largest > 0 else 0  # largest < 2**exponent
+    dims = max(values.shape[1], 1)
+    bits = min(_FIXED_POINT_BITS, (52 - math.ceil(math.log2(dims))) // 2)
+    scale = 2.0 ** (bits - exponent)
+    values = np.rint(values * scale) / scale
+    norms = _norms(values)
+    if np.any(norms == 0):
+        raise ValueError("features contain all-zero rows; their cosine distance is undefined")
+    return _Points(values, norms, scale)
+
+
+def _norms(vectors: np.ndarray) -> np.ndarray:
+    """Euclidean norms of fixed-point vectors (the squared norms are exact)."""
+    return np.sqrt(np.einsum("...f,...f->...", vectors, vectors))
+
+
+def _quantise(values: np.ndarray, scale: float) -> np.ndarray:
+    return np.rint(values * scale) / scale
+
+
+def _within(dots: np.ndarray, norms_a: np.ndarray, norms_b: np.ndarray, one_minus_h: float) -> np.ndarray:
+    """The neighbour decision 1 − cos ≤ h, written identically wherever it is made."""
+    return dots >= one_minus_h * (norms_a * norms_b)
+
+
+def _converged(new: np.ndarray, old: np.ndarray, scale: float, threshold: float) -> np.ndarray:
+    """Whether the Euclidean shift between fixed-point means is below ``threshold`` (exact integer arithmetic)."""
+    steps = np.rint((new - old) * scale).astype(np.int64)
+    return np.einsum("...f,...f->...", steps, steps) < (threshold * scale) ** 2
+
+
+def _deduplicate(modes: np.ndarray, counts: np.ndarray, one_minus_h: float) -> np.ndarray:
+    """Keep modes by decreasing neighbour count (ties: seed order), suppressing modes within h of a kept one."""
+    if len(modes) == 0:
+        return modes
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    modes = modes[order]
+    norms = _norms(modes)
+    close = _within(modes @ modes.T, norms[:, None], norms[None, :], one_minus_h)
+    suppressed = np.zeros(len(modes), dtype=bool)
+    kept = []
+    for index in range(len(modes)):
+        if not suppressed[index]:
+            kept.append(index)
+            suppressed |= close[index]
+    return modes[kept]
+
+
+def _assign(points: _Points, modes: np.ndarray) -> np.ndarray:
+    """Index of the nearest mode by cosine distance for every point (ties: the earlier mode); -1 without modes."""
+    count = len(points.values)
+    if len(modes) == 0:
+        return np.full(count, -1, dtype=np.int64)
+    mode_norms = _norms(modes)
+    labels = np.empty(count, dtype=np.int64)
+    for start in range(0, count, _CHUNK_POINTS):
+        block = points.values[start:start + _CHUNK_POINTS]
+        labels[start:start + len(block)] = np.argmax((block @ modes.T) / mode_norms, axis=1)
+    return labels
+
+
+def _check_arguments(bandwidth: float, max_iterations: int, seed_indices: np.ndarray, count: int) -> None:
+    if not 0 < bandwidth < 2:
+        raise ValueError(f"bandwidth must be a cosine distance in (0, 2), got {bandwidth}")
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+    if seed_indices.size and (seed_indices.min() < 0 or seed_indices.max() >= count):
+        raise ValueError(f"seed indices must lie in [0, {count}), got {seed_indices.min()}..{seed_indices.max()}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference cosine mean shift: one seed at a time
+
+
+def cosine_mean_shift_reference(
+    features: np.ndarray,
+    bandwidth: float,
+    seed_indices: Sequence[int] | np.ndarray,
+    max_iterations: int,
+    tolerance: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine mean shift with a flat kernel, one seed after the other (notes §5.3; the readable version).
+
+    For each seed: the neighbours of the current mean are all points within cosine distance ``bandwidth``
+    (1 − cos ≤ h over the whole feature vectors); the new mean is their arithmetic mean; the seed stops when the
+    Euclidean shift is below ``tolerance · bandwidth`` or after ``max_iterations`` updates, and is dropped if its
+    neighbourhood is empty. The modes are then sorted by neighbour count (descending; ties in seed order), modes
+    within cosine distance h of a kept mode are suppressed, and every point is assigned to the nearest kept mode.
+    Features and means live on a fixed-point grid (see the module docstring).
+
+    Args:
+        features: Array (N, F) of non-zero feature vectors.
+        bandwidth: h, a cosine distance in (0, 2).
+        seed_indices: Indices of the points the iterations start from, in order.
+        max_iterations: Maximum number of mean updates per seed (at least 1).
+        tolerance: Convergence threshold as a fraction of the bandwidth.
+
+    Returns:
+        ``(modes, labels)``: kept modes (K, F) float64 in order of decreasing neighbour count, and the mode index
+        (0..K-1) of every point (int64; -1 for all points if no seed survived).
+    """
+    points = _prepare(features)
+    seeds = np.asarray(seed_indices, dtype=np.int64).reshape(-1)
+    _check_arguments(bandwidth, max_iterations, seeds, len(points.values))
+    one_minus_h = 1.0 - bandwidth
+    threshold = tolerance * bandwidth
+    modes, counts = [], []
+    for seed in seeds:
+        mean = points.values[seed]
+        count = 0
+        for _ in range(max_iterations):
+            within = _within(points.values @ mean, points.norms, _norms(mean), one_minus_h)
+            count = int(np.count_nonzero(within))
+            if count == 0:
+                break
+            new_mean = _quantise(points.values[within].sum(axis=0) / count, points.scale)
+            converged = bool(_converged(new_mean, mean, points.scale, threshold))
+            mean = new_mean
+            if converged:
+                break
+        if count:
+            modes.append(mean)
+            counts.append(count)
+    kept = _deduplicate(np.array(modes).reshape(len(modes), points.values.shape[1]), np.array(counts), one_minus_h)
+    return kept, _assign(points, kept)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fast cosine mean shift
+
+
+@dataclass
+class _Group:
+    """The only points that can be neighbours of means near an anchor direction."""
+
+    values: np.ndarray  # (P, F + 1) float64 fixed-point candidate features plus a column of ones (sums + counts)
+    units: np.ndarray  # (P, F) float32 unit candidate features
+
+
+class _FastMeanShift:
+    """State of the vectorised mean shift of one problem (see the module docstring for the scheme)."""
+
+    def __init__(self, points: _Points, bandwidth: float, tolerance: float):
+        self.points = points
+        self.one_minus_h = 1.0 - bandwidth
+        self.threshold = tolerance * bandwidth
+        dims = points.values.shape[1]
+        # float32 cosines of unit vectors are off by at most ~dims * 2**-24; everything within this margin of a
+        # decision is re-checked exactly.
+        self.margin = 64.0 * dims * 2.0**-24
+        self.units = (points.values / points.norms[:, None]).astype(np.float32)
+        self.values = np.empty((len(points.values), dims + 1))
+        self.values[:, :-1] = points.values
+        self.values[:, -1] = 1.0
+        self.groups: list[Optional[_Group]] = []
+        self.anchors = np.zeros((0, dims))  # (G, F) unit anchor directions
+        self.valid_cos = np.zeros(0)  # (G,) a mean belongs to group g while cos(mean, anchor g) >= valid_cos[g]
+
+    # -- groups ---------------------------------------------------------------------------------------------
+
+    def _add_groups(self, anchors: np.ndarray, anchor_radius: float) -> None:
+        """Append one group per anchor (unit float64 rows) holding all points within reach of it."""
+        reach = math.acos(self.one_minus_h) + anchor_radius
+        candidate_cos = (math.cos(reach) if reach < math.pi else -1.0) - self.margin
+        anchors32 = anchors.astype(np.float32)
+        hits: list[list[np.ndarray]] = [[] for _ in anchors]
+        for start in range(0, len(self.units), _CHUNK_POINTS):
+            near = (anchors32 @ self.units[start:start + _CHUNK_POINTS].T) >= candidate_cos
+            for row, found in enumerate(near):
+                hits[row].append(np.flatnonzero(found) + start)
+        for parts in hits:
+            index = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            self.groups.append(_Group(self.values[index], self.units[index]))
+        self.anchors = np.concatenate([self.anchors, anchors])
+        self.valid_cos = np.concatenate([self.valid_cos, np.full(len(anchors), math.cos(anchor_radius) + self.margin)])
+
+    def _find_groups(self, units: np.ndarray, leader_radius: float, anchor_radius: float) -> np.ndarray:
+        """Return a group for each unit mean: an existing one it is valid for, else a new one around a leader."""
+        group = np.full(len(units), -1, dtype=np.int64)
+        if len(self.anchors):
+            cosines = units @ self.anchors.T
+            valid = cosines >= self.valid_cos
+            best = np.argmax(np.where(valid, cosines, -np.inf), axis=1)
+            found = valid[np.arange(len(units)), best]
+            group[found] = best[found]
+        pending = np.flatnonzero(group < 0)
+        if pending.size:
+            cosines = units[pending] @ units[pending].T
+            leader_of = np.full(pending.size, -1, dtype=np.int64)
+            leaders = []
+            for position in range(pending.size):
+                if leader_of[position] < 0:
+                    free = (leader_of < 0) & (cosines[position] >= math.cos(leader_radius))
+                    leader_of[free] = len(self.groups) + len(leaders)
+                    leader_of[position] = len(self.groups) + len(leaders)
+                    leaders.append(pending[position])
+            self._add_groups(units[leaders], anchor_radius)
+            group[pending] = leader_of
+        return group
+
+    def _release_unused(self, used: np.ndarray) -> None:
+        """Free the candidate arrays of groups without members; nothing can join them any more."""
+        unused = np.ones(len(self.groups), dtype=bool)
+        unused[used] = False
+        for index in np.flatnonzero(unused):
+            self.groups[index] = None
+        self.valid_cos[unused] = np.inf
+
+    # -- one update of all active means -----------------------------------------------------------------------
+
+    def _sums(self, means: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+        """Neighbour sums and counts (A, F + 1) of the means, each evaluated on its group's candidates."""
+        order = np.argsort(group_of, kind="stable")
+        means = means[order]
+        groups = group_of[order]
+        norms = _norms(means)
+        units = (means / norms[:, None]).astype(np.float32)
+        inside_cos = self.one_minus_h + self.margin
+        outside_cos = self.one_minus_h - self.margin
+        sums = np.empty((len(means), means.shape[1] + 1))
+        bounds = np.flatnonzero(np.diff(groups)) + 1
+        for start, stop in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(groups)]])):
+            group = self.groups[groups[start]]
+            cosines = units[start:stop] @ group.units.T  # (s, P)
+            inside = cosines >= inside_cos
+            block = inside.astype(np.float64) @ group.values
+            if np.count_nonzero(cosines > outside_cos) != block[:, -1].sum():
+                rows, cols = np.nonzero((cosines > outside_cos) & ~inside)
+                dots = np.einsum("kf,kf->k", means[start + rows], group.values[cols, :-1])
+                point_norms = _norms(group.values[cols, :-1])
+                inside[rows, cols] = _within(dots, norms[start + rows], point_norms, self.one_minus_h)
+                block = inside.astype(np.float64) @ group.values
+            sums[start:stop] = block
+        result = np.empty_like(sums)
+        result[order] = sums
+        return result
+
+    def run(self, seeds: np.ndarray, max_iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Iterate all seeds; return the final means (S, F), neighbour counts (S,) and survival flags (S,)."""
+        points = self.points
+        means = points.values[seeds].copy()
+        counts = np.zeros(len(seeds), dtype=np.int64)
+        alive = np.ones(len(seeds), dtype=bool)
+        follows = np.arange(len(seeds))  # each seed's representative (seeds with equal means are iterated once)
+        group_of = np.full(len(seeds), -1, dtype=np.int64)
+        active = self._merge_equal(np.arange(len(seeds)), means, follows)
+        units = means[active] / _norms(means[active])[:, None]
+        group_of[active] = self._find_groups(units, _FIRST_LEADER_RADIUS, _FIRST_ANCHOR_RADIUS)
+        for _ in range(max_iterations):
+            sums = self._sums(means[active], group_of[active])
+            neighbour_counts = sums[:, -1]
+            empty = neighbour_counts == 0
+            alive[active[empty]] = False
+            counts[active] = neighbour_counts.astype(np.int64)
+            new_means = _quantise(sums[:, :-1] / np.where(empty, 1.0, neighbour_counts)[:, None], points.scale)
+            finished = _converged(new_means, means[active], points.scale, self.threshold) | empty
+            means[active[~empty]] = new_means[~empty]
+            active = active[~finished]
+            if active.size == 0:
+                break
+            active = self._merge_equal(active, means, follows)
+            units = means[active] / _norms(means[active])[:, None]
+            own = group_of[active]
+            moved = np.flatnonzero(np.einsum("af,af->a", units, self.anchors[own]) < self.valid_cos[own])
+            if moved.size:
+                group_of[active[moved]] = self._find_groups(units[moved], _LEADER_RADIUS, _ANCHOR_RADIUS)
+            self._release_unused(group_of[active])
+        return means[follows], counts[follows], alive[follows]
+
+    @staticmethod
+    def _merge_equal(active: np.ndarray, means: np.ndarray, follows: np.ndarray) -> np.ndarray:
+        """Let seeds whose means are bit-identical follow the first of them; return the remaining active seeds."""
+        first: dict[bytes, int] = {}
+        keep = []
+        for rep in active:
+            leader = first.setdefault(means[rep].tobytes(), int(rep))
+            if leader == rep:
+                keep.append(rep)
+            else:
+                follows[follows == rep] = leader
+        return np.array(keep, dtype=np.int64)
+
+
+def cosine_mean_shift(
+    features: np.ndarray,
+    bandwidth: float,
+    seed_indices: Sequence[int] | np.ndarray,
+    max_iterations: int,
+    tolerance: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine mean shift with a flat kernel, vectorised; same results as :func:`cosine_mean_shift_reference`.
+
+    Args:
+        features: Array (N, F) of non-zero feature vectors (float32 is enough).
+        bandwidth: h, a cosine distance in (0, 2).
+        seed_indices: Indices of the points the iterations start from, in order.
+        max_iterations: Maximum number of mean updates per seed (at least 1).
+        tolerance: Convergence threshold as a fraction of the bandwidth.
+
+    Returns:
+        ``(modes, labels)`` exactly as :func:`cosine_mean_shift_reference`.
+    """
+    points = _prepare(features)
+    seeds = np.asarray(seed_indices, dtype=np.int64).reshape(-1)
+    _check_arguments(bandwidth, max_iterations, seeds, len(points.values))
+    dims = points.values.shape[1]
+    if seeds.size == 0:
+        modes = np.zeros((0, dims))
+        return modes, _assign(points, modes)
+    means, counts, alive = _FastMeanShift(points, bandwidth, tolerance).run(seeds, max_iterations)
+    kept = _deduplicate(means[alive], counts[alive], 1.0 - bandwidth)
+    return kept, _assign(points, kept)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HDBSCAN and connected components
+
+
+def hdbscan_clusters(features: np.ndarray, min_cluster_size: int) -> np.ndarray:
+    """HDBSCAN clusters of the features as in the preliminary work (notes §5.3); -1 marks noise.
+
+    Uses ``min_cluster_size = min_samples = m``, Euclidean metric, Borůvka KD-tree, leaf size 25.
+    """
+    import hdbscan  # imported lazily: only this clustering option needs it
+
+    if len(features) <= 1 or len(features) < min_cluster_size:
+        return np.full(len(features), -1, dtype=np.int64)
+    model = hdbscan.HDBSCAN(
+        min_cluster_size=min_cluster_size,
+        min_samples=min_cluster_size,
+        metric="euclidean",
+        algorithm="boruvka_kdtree",
+        leaf_size=25,
+        core_dist_n_jobs=1,
+    )
+    return model.fit_predict(features.astype(np.float64)).astype(np.int64)
+
+
+def split_components(clusters: np.ndarray, min_size: int) -> np.ndarray:
+    """Split every cluster into connected components and drop small ones (notes §5.3 step 5).
+
+    Connectivity is 3-D connectivity 2 (18-neighbourhood) in (t, y, x) over the whole stack; a component is
+    removed when its voxel count over all frames is below ``min_size``.
+
+    Args:
+        clusters: Integer array (T, h, w): 0 background, 1..K clusters.
+        min_size: t_size.
+
+    Returns:
+        int32 labels of the same shape: 0 background, components 1..M numbered by cluster, then by the raster
+        order of their first voxel within the cluster's bounding box.
+    """
+    structure = ndimage.generate_binary_structure(clusters.ndim, 2)
+    components = np.zeros(clusters.shape, dtype=np.int32)
+    total = 0
+    for cluster, box in enumerate(ndimage.find_objects(clusters), start=1):
+        if box is None:
+            continue
+        inside = clusters[box] == cluster
+        labels, count = ndimage.label(inside, structure=structure)
+        components[box][inside] = labels[inside] + total
+        total += count
+    sizes = np.bincount(components.ravel(), minlength=total + 1)
+    keep = sizes >= min_size
+    keep[0] = False
+    relabel = np.zeros(total + 1, dtype=np.int32)
+    relabel[keep] = np.arange(1, np.count_nonzero(keep) + 1, dtype=np.int32)
+    return relabel[components]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def _check_config(config: PostprocessingConfig) -> None:
+    problems = [
+        (config.clustering in ("mean_shift", "hdbscan"), "clustering", "'mean_shift' or 'hdbscan'"),
+        (0.0 < config.bandwidth < 2.0, "bandwidth", "in (0, 2) (a cosine distance)"),
+        (config.num_seeds >= 1, "num_seeds", "at least 1"),
+        (config.max_iterations >= 1, "max_iterations", "at least 1"),
+        (config.convergence_tolerance >= 0, "convergence_tolerance", "non-negative"),
+        (config.hdbscan_min_cluster_size >= 2, "hdbscan_min_cluster_size", "at least 2"),
+    ]
+    for ok, key, requirement in problems:
+        if not ok:
+            raise RshnError(f"postprocessing.{key} must be {requirement}, got {getattr(config, key)!r}")
+
+
+def cluster_tile(
+    embeddings: np.ndarray, config: PostprocessingConfig, seed: Optional[int] = None
+) -> np.ndarray:
+    """Cluster the embeddings of one 2-frame tile into instance labels (§2.3; notes §5.3).
+
+    Args:
+        embeddings: Float array (2, h, w, D) of per-pixel L2-normalised embeddings of frames t and t+1 at network
+            resolution; all-zero embeddings mark padding.
+        config: The ``postprocessing`` section (clustering method, background threshold, h, c, seeds,
+            iterations, tolerance, t_size, HDBSCAN parameters).
+        seed: Seed of the mean-shift seed selection; ``None`` uses ``config.seed``.
+
+    Returns:
+        int32 labels (2, h, w): 0 background, 1..K instances (consecutive).
+
+    Raises:
+        RshnError: On invalid postprocessing settings.
+        ValueError: If ``embeddings`` is not a (T, h, w, D) array.
+    """
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 4:
+        raise ValueError(f"embeddings must have shape (2, h, w, D), got {embeddings.shape}")
+    _check_config(config)
+    mask = foreground_mask(embeddings, config.background_threshold)
+    clusters = np.zeros(mask.shape, dtype=np.int32)
+    if not mask.any():
+        return clusters
+    if config.clustering == "hdbscan":
+        features = tile_features(embeddings, mask, config.hdbscan_coordinate_factor)
+        labels = hdbscan_clusters(features, config.hdbscan_min_cluster_size)
+    else:
+        features = tile_features(embeddings, mask, config.coordinate_factor)
+        seeds = choose_seeds(len(features), config.num_seeds, config.seed if seed is None else seed)
+        _, labels = cosine_mean_shift(
+            features, config.bandwidth, seeds, config.max_iterations, config.convergence_tolerance
+        )
+    clusters[mask] = labels + 1  # noise / unassigned (-1) becomes background
+    return split_components(clusters, config.min_size)
+
+
+def cluster_tiles(
+    tiles: Sequence[np.ndarray],
+    config: PostprocessingConfig,
+    seed: Optional[int] = None,
+    workers: Optional[int] = None,
+) -> list[np.ndarray]:
+    """Cluster all tiles of one frame pair; equal to ``cluster_tile`` on each tile with seed ``tile_seed``.
+
+    Tile ``i`` uses the seed ``tile_seed(s, i)`` with ``s = seed`` (``config.seed`` if ``None``), so
+    ``cluster_tiles(tiles, config, s)[i] == cluster_tile(tiles[i], config, tile_seed(s, i))``.
+
+    Args:
+        tiles: Embedding arrays (2, h, w, D) of the tiles.
+        config: The ``postprocessing`` section.
+        seed: Base seed of the frame pair.
+        workers: Threads clustering tiles in parallel (BLAS then uses one thread each); ``None`` uses the
+            available cores, at most 2.
+
+    Returns:
+        One int32 label array (2, h, w) per tile.
+    """
+    base = config.seed if seed is None else seed
+    seeds = [tile_seed(base, index) for index in range(len(tiles))]
+    if workers is None:
+        workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = max(1, min(workers, len(tiles)))
+    if workers == 1:
+        return [cluster_tile(tile, config, s) for tile, s in zip(tiles, seeds)]
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda item: cluster_tile(item[0], config, item[1]), zip(tiles, seeds)))
