@@ -35,9 +35,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -56,6 +58,7 @@ __all__ = [
     "cosine_mean_shift_reference",
     "hdbscan_clusters",
     "split_components",
+    "single_threaded_blas",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,41 @@ _FIRST_ANCHOR_RADIUS = 0.4
 _FIRST_LEADER_RADIUS = 0.3
 #: Points per chunk when searching all points for the candidates of new anchors.
 _CHUNK_POINTS = 32768
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BLAS threads
+
+_blas_lock = threading.Lock()
+_blas_state: dict = {"users": 0, "limiter": None, "controller": None}
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Limit BLAS to one thread while any caller is inside (thread-safe, nestable).
+
+    The matrix products of the mean shift are small: a second BLAS thread makes them slower, and much slower on a
+    busy machine. Parallelism comes from clustering tiles in parallel instead (:func:`cluster_tiles`).
+    """
+    with _blas_lock:
+        if _blas_state["users"] == 0:
+            try:
+                from threadpoolctl import ThreadpoolController  # installed with scikit-learn
+            except ImportError:  # pragma: no cover - scikit-learn always brings it
+                ThreadpoolController = None
+            if ThreadpoolController is not None:
+                if _blas_state["controller"] is None:
+                    _blas_state["controller"] = ThreadpoolController()
+                _blas_state["limiter"] = _blas_state["controller"].limit(limits=1, user_api="blas")
+        _blas_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_state["users"] -= 1
+            if _blas_state["users"] == 0 and _blas_state["limiter"] is not None:
+                _blas_state["limiter"].restore_original_limits()
+                _blas_state["limiter"] = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,24 +299,25 @@ def cosine_mean_shift_reference(
     one_minus_h = 1.0 - bandwidth
     threshold = tolerance * bandwidth
     modes, counts = [], []
-    for seed in seeds:
-        mean = points.values[seed]
-        count = 0
-        for _ in range(max_iterations):
-            within = _within(points.values @ mean, points.norms, _norms(mean), one_minus_h)
-            count = int(np.count_nonzero(within))
-            if count == 0:
-                break
-            new_mean = _quantise(points.values[within].sum(axis=0) / count, points.scale)
-            converged = bool(_converged(new_mean, mean, points.scale, threshold))
-            mean = new_mean
-            if converged:
-                break
-        if count:
-            modes.append(mean)
-            counts.append(count)
-    kept = _deduplicate(np.array(modes).reshape(len(modes), points.values.shape[1]), np.array(counts), one_minus_h)
-    return kept, _assign(points, kept)
+    with single_threaded_blas():
+        for seed in seeds:
+            mean = points.values[seed]
+            count = 0
+            for _ in range(max_iterations):
+                within = _within(points.values @ mean, points.norms, _norms(mean), one_minus_h)
+                count = int(np.count_nonzero(within))
+                if count == 0:
+                    break
+                new_mean = _quantise(points.values[within].sum(axis=0) / count, points.scale)
+                converged = bool(_converged(new_mean, mean, points.scale, threshold))
+                mean = new_mean
+                if converged:
+                    break
+            if count:
+                modes.append(mean)
+                counts.append(count)
+        kept = _deduplicate(np.array(modes).reshape(len(modes), points.values.shape[1]), np.array(counts), one_minus_h)
+        return kept, _assign(points, kept)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -459,13 +498,13 @@ def cosine_mean_shift(
     points = _prepare(features)
     seeds = np.asarray(seed_indices, dtype=np.int64).reshape(-1)
     _check_arguments(bandwidth, max_iterations, seeds, len(points.values))
-    dims = points.values.shape[1]
     if seeds.size == 0:
-        modes = np.zeros((0, dims))
+        modes = np.zeros((0, points.values.shape[1]))
         return modes, _assign(points, modes)
-    means, counts, alive = _FastMeanShift(points, bandwidth, tolerance).run(seeds, max_iterations)
-    kept = _deduplicate(means[alive], counts[alive], 1.0 - bandwidth)
-    return kept, _assign(points, kept)
+    with single_threaded_blas():
+        means, counts, alive = _FastMeanShift(points, bandwidth, tolerance).run(seeds, max_iterations)
+        kept = _deduplicate(means[alive], counts[alive], 1.0 - bandwidth)
+        return kept, _assign(points, kept)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -597,7 +636,7 @@ def cluster_tiles(
         tiles: Embedding arrays (2, h, w, D) of the tiles.
         config: The ``postprocessing`` section.
         seed: Base seed of the frame pair.
-        workers: Threads clustering tiles in parallel (BLAS then uses one thread each); ``None`` uses the
+        workers: Threads clustering tiles in parallel (BLAS uses one thread meanwhile); ``None`` uses the
             available cores, at most 2.
 
     Returns:
@@ -608,9 +647,8 @@ def cluster_tiles(
     if workers is None:
         workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     workers = max(1, min(workers, len(tiles)))
-    if workers == 1:
-        return [cluster_tile(tile, config, s) for tile, s in zip(tiles, seeds)]
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda item: cluster_tile(item[0], config, item[1]), zip(tiles, seeds)))
+    with single_threaded_blas():
+        if workers == 1:
+            return [cluster_tile(tile, config, s) for tile, s in zip(tiles, seeds)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(lambda item: cluster_tile(item[0], config, item[1]), zip(tiles, seeds)))

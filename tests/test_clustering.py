@@ -304,3 +304,17 @@ def test_module_does_not_import_tensorflow():
     assert "tensorflow" not in clustering.__dict__
     source = open(clustering.__file__, encoding="utf-8").read()
     assert "import tensorflow" not in source and "from tensorflow" not in source
+
+
+def test_blas_is_single_threaded_only_inside_and_restored_after_nesting():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+
+    before = blas_threads()
+    with clustering.single_threaded_blas():
+        with clustering.single_threaded_blas():
+            assert set(blas_threads()) <= {1}
+        assert set(blas_threads()) <= {1}
+    assert blas_threads() == before
