@@ -16,23 +16,25 @@ Pipeline of :func:`cluster_tile` for the embeddings ``(2, h, w, D)`` of frames t
    consecutive.
 
 Exactness. :func:`cosine_mean_shift` (fast) and :func:`cosine_mean_shift_reference` (one seed at a time, as in
-the notes) return identical modes and labels. Both first round the features to a fixed-point grid (a multiple of
-2^-b with about 22 significant bits, far below any meaningful difference of embeddings), and the means to the
-same grid after every update. On that grid every dot product and every neighbour sum is computed exactly in
-float64, whatever the order of summation, so every decision (neighbour or not, converged or not, which mode is
-kept, which mode is nearest) is the same in both implementations. The fast version screens candidates with
-float32 matrix products and re-checks the few values within a safety margin of a decision boundary exactly.
+the notes) return identical modes and labels. Both first round the features to a fixed-point grid (multiples of
+2^-b with at most 22 significant bits, far below any meaningful difference of embeddings), and the means to the
+same grid after every update. On that grid every dot product and every neighbour sum is exact, whatever the order
+of summation, so every decision (neighbour or not, converged or not, which mode is kept, which mode is nearest)
+is the same in both implementations. The fast version screens with float32 matrix products, re-checks exactly the
+few points whose float32 cosine lies within a safety margin of the decision, and sums neighbours with float32
+products that are exact by construction (see :class:`_FastMeanShift`).
 
-Speed. The fast version groups the current means around anchor directions; for each group it keeps only the
-points within angle θ_h + ρ of the anchor (θ_h = arccos(1 − h), ρ the allowed distance of a member mean from
-its anchor). By the triangle inequality on the sphere no other point can be a neighbour of a member mean, so each
-group iterates on a small dense block with BLAS. Means that move farther than ρ from their anchor are regrouped;
-seeds whose means become identical are iterated once; converged seeds leave the active set.
+Speed. The first update of all seeds is one dense pass over all points, in chunks (matrix products over seeds x
+points). Afterwards the means are grouped around anchor directions; each group keeps only the points within angle
+θ_h + ρ of its anchor (θ_h = arccos(1 − h), ρ the distance a member mean may have from the anchor). By the
+triangle inequality on the sphere no other point can be a neighbour of a member mean, so each group iterates on a
+small block. Means that move farther than ρ from their anchor are regrouped; seeds whose means become identical
+are iterated once; converged seeds leave the active set. BLAS runs single-threaded (the products are small);
+:func:`cluster_tiles` clusters tiles in parallel threads instead.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
@@ -61,8 +63,6 @@ __all__ = [
     "single_threaded_blas",
 ]
 
-logger = logging.getLogger(__name__)
-
 # Implementation constants of the fast mean shift. They change speed only, never results.
 #: Significant bits of the fixed-point grid the features and means are rounded to (see module docstring).
 _FIXED_POINT_BITS = 22
@@ -70,11 +70,10 @@ _FIXED_POINT_BITS = 22
 _ANCHOR_RADIUS = 0.25
 #: Angle (radians) within which new means are grouped with a leader mean.
 _LEADER_RADIUS = 0.1
-#: The same two radii for grouping the seeds themselves (single noisy pixels, farther apart than later means).
-_FIRST_ANCHOR_RADIUS = 0.4
-_FIRST_LEADER_RADIUS = 0.3
-#: Points per chunk when searching all points for the candidates of new anchors.
-_CHUNK_POINTS = 32768
+#: Points per block of a matrix product (at most 2**13 keeps the split float32 neighbour sums exact).
+_CHUNK_POINTS = 8192
+#: Split of the fixed-point features into a high and a low half for exact float32 sums (2**11).
+_HALF = 2048.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,10 +143,12 @@ def tile_features(
     Returns:
         Float32 array (N, D + 2), pixels in raster order (t, y, x).
     """
-    _, rows, cols = np.nonzero(mask)
-    features = np.empty((rows.size, embeddings.shape[-1] + 2), dtype=np.float32)
-    features[:, :-2] = embeddings[mask]
-    features[:, -2] = coordinate_factor * rows
+    height, width = mask.shape[-2:]
+    index = np.flatnonzero(mask)
+    features = np.empty((index.size, embeddings.shape[-1] + 2), dtype=np.float32)
+    features[:, :-2] = np.take(embeddings.reshape(-1, embeddings.shape[-1]), index, axis=0)
+    rows, cols = np.divmod(index, width)
+    features[:, -2] = coordinate_factor * (rows % height)
     features[:, -1] = coordinate_factor * cols
     return features
 
@@ -179,7 +180,8 @@ def tile_seed(seed: int, index: int) -> int:
 class _Points:
     """The points of one mean-shift problem on the fixed-point grid."""
 
-    values: np.ndarray  # (N, F) float64, exact multiples of 1/scale
+    grid: np.ndarray  # (N, F) float32 integers: the features in units of 1/scale (magnitude < 2**22)
+    values: np.ndarray  # (N, F) float64 fixed-point features: grid / scale
     norms: np.ndarray  # (N,) float64, sqrt of the exact squared norms
     scale: float  # 2**b
 
@@ -188,19 +190,22 @@ def _prepare(features: np.ndarray) -> _Points:
     features = np.asarray(features)
     if features.ndim != 2:
         raise ValueError(f"features must be a 2-D array (N, F), got shape {features.shape}")
-    values = features.astype(np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ValueError("features contain NaN or infinite values")
+    values = features.astype(np.float32, copy=False)
     largest = float(np.abs(values).max()) if values.size else 1.0
+    if not math.isfinite(largest):
+        raise ValueError("features contain NaN or infinite values")
     exponent = math.frexp(largest)[1] if largest > 0 else 0  # largest < 2**exponent
-    dims = max(values.shape[1], 1)
-    bits = min(_FIXED_POINT_BITS, (52 - math.ceil(math.log2(dims))) // 2)
+    bits = min(_FIXED_POINT_BITS, (52 - math.ceil(math.log2(max(values.shape[1], 1)))) // 2)
     scale = 2.0 ** (bits - exponent)
-    values = np.rint(values * scale) / scale
-    norms = _norms(values)
-    if np.any(norms == 0):
+    if abs(bits - exponent) < 100:  # rounding to <= 22 significant bits is exact in float32, and faster
+        grid = np.rint(values * np.float32(scale))
+    else:
+        grid = np.rint(values.astype(np.float64) * scale).astype(np.float32)
+    points = _Points(grid, grid.astype(np.float64) / scale, np.empty(0), scale)
+    points.norms = _norms(points.values)
+    if np.any(points.norms == 0):
         raise ValueError("features contain all-zero rows; their cosine distance is undefined")
-    return _Points(values, norms, scale)
+    return points
 
 
 def _norms(vectors: np.ndarray) -> np.ndarray:
@@ -328,25 +333,33 @@ def cosine_mean_shift_reference(
 class _Group:
     """The only points that can be neighbours of means near an anchor direction."""
 
-    values: np.ndarray  # (P, F + 1) float64 fixed-point candidate features plus a column of ones (sums + counts)
-    units: np.ndarray  # (P, F) float32 unit candidate features
+    index: np.ndarray  # (P,) indices of the candidate points
+    units: np.ndarray  # (P, F) float32 unit vectors of the candidates
+    split: np.ndarray  # (P, 2F + 1) float32 split fixed-point features of the candidates (see _FastMeanShift)
 
 
 class _FastMeanShift:
-    """State of the vectorised mean shift of one problem (see the module docstring for the scheme)."""
+    """State of the vectorised mean shift of one problem (see the module docstring for the scheme).
+
+    Neighbour sums are float32 matrix products of 0/1 masks with the features split into two halves of at most
+    11 significant bits each (``split`` = [high half / 2^11, low half, 1]): over at most ``_CHUNK_POINTS`` = 2^13
+    points every partial sum is an integer below 2^24, so float32 adds them exactly.
+    """
 
     def __init__(self, points: _Points, bandwidth: float, tolerance: float):
         self.points = points
         self.one_minus_h = 1.0 - bandwidth
         self.threshold = tolerance * bandwidth
         dims = points.values.shape[1]
-        # float32 cosines of unit vectors are off by at most ~dims * 2**-24; everything within this margin of a
-        # decision is re-checked exactly.
-        self.margin = 64.0 * dims * 2.0**-24
+        # float32 cosines of unit vectors are off by at most ~(dims + 2) * 2**-24; everything within this margin
+        # of the decision is re-checked exactly.
+        self.margin = 16.0 * dims * 2.0**-24
         self.units = (points.values / points.norms[:, None]).astype(np.float32)
-        self.values = np.empty((len(points.values), dims + 1))
-        self.values[:, :-1] = points.values
-        self.values[:, -1] = 1.0
+        high = np.floor(points.grid / np.float32(_HALF))  # exact in float32, as the grid holds integers < 2**22
+        self.split = np.empty((len(high), 2 * dims + 1), dtype=np.float32)
+        self.split[:, :dims] = high
+        self.split[:, dims:-1] = points.grid - high * np.float32(_HALF)
+        self.split[:, -1] = 1.0
         self.groups: list[Optional[_Group]] = []
         self.anchors = np.zeros((0, dims))  # (G, F) unit anchor directions
         self.valid_cos = np.zeros(0)  # (G,) a mean belongs to group g while cos(mean, anchor g) >= valid_cos[g]
@@ -365,11 +378,11 @@ class _FastMeanShift:
                 hits[row].append(np.flatnonzero(found) + start)
         for parts in hits:
             index = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            self.groups.append(_Group(self.values[index], self.units[index]))
+            self.groups.append(_Group(index, self.units[index], self.split[index]))
         self.anchors = np.concatenate([self.anchors, anchors])
         self.valid_cos = np.concatenate([self.valid_cos, np.full(len(anchors), math.cos(anchor_radius) + self.margin)])
 
-    def _find_groups(self, units: np.ndarray, leader_radius: float, anchor_radius: float) -> np.ndarray:
+    def _find_groups(self, units: np.ndarray) -> np.ndarray:
         """Return a group for each unit mean: an existing one it is valid for, else a new one around a leader."""
         group = np.full(len(units), -1, dtype=np.int64)
         if len(self.anchors):
@@ -385,11 +398,11 @@ class _FastMeanShift:
             leaders = []
             for position in range(pending.size):
                 if leader_of[position] < 0:
-                    free = (leader_of < 0) & (cosines[position] >= math.cos(leader_radius))
+                    free = (leader_of < 0) & (cosines[position] >= math.cos(_LEADER_RADIUS))
                     leader_of[free] = len(self.groups) + len(leaders)
                     leader_of[position] = len(self.groups) + len(leaders)
                     leaders.append(pending[position])
-            self._add_groups(units[leaders], anchor_radius)
+            self._add_groups(units[leaders], _ANCHOR_RADIUS)
             group[pending] = leader_of
         return group
 
@@ -403,35 +416,67 @@ class _FastMeanShift:
 
     # -- one update of all active means -----------------------------------------------------------------------
 
-    def _sums(self, means: np.ndarray, group_of: np.ndarray) -> np.ndarray:
-        """Neighbour sums and counts (A, F + 1) of the means, each evaluated on its group's candidates."""
-        order = np.argsort(group_of, kind="stable")
-        means = means[order]
-        groups = group_of[order]
+    def _block_sums(
+        self, units: np.ndarray, means: np.ndarray, norms: np.ndarray, index: np.ndarray,
+        candidates: np.ndarray, split: np.ndarray,
+    ) -> np.ndarray:
+        """Split neighbour sums (s, 2F + 1) of ``s`` means over at most ``_CHUNK_POINTS`` candidate points.
+
+        Args:
+            units: (s, F) float32 unit means; ``means`` (s, F) the fixed-point means and ``norms`` (s,) their
+                norms, for the exact re-checks.
+            index: (P,) indices of the candidate points; ``candidates`` (P, F) their float32 unit vectors and
+                ``split`` (P, 2F + 1) their split features.
+        """
+        cosines = units @ candidates.T  # (s, P), within self.margin of the exact cosines
+        inside = cosines >= self.one_minus_h + self.margin
+        unsure = np.flatnonzero(((cosines > self.one_minus_h - self.margin) ^ inside).any(axis=0))
+        if unsure.size:
+            rows = index[unsure]
+            dots = means @ self.points.values[rows].T  # exact
+            inside[:, unsure] = _within(dots, norms[:, None], self.points.norms[rows][None, :], self.one_minus_h)
+        return inside.astype(np.float32) @ split
+
+    def _sums(self, means: np.ndarray, blocks: list[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Fixed-point neighbour sums and counts (A, F + 1); ``blocks`` are (rows of means, point indices,
+        unit vectors, split features), each block of points at most ``_CHUNK_POINTS`` long."""
         norms = _norms(means)
         units = (means / norms[:, None]).astype(np.float32)
-        inside_cos = self.one_minus_h + self.margin
-        outside_cos = self.one_minus_h - self.margin
-        sums = np.empty((len(means), means.shape[1] + 1))
+        split_sums = np.zeros((len(means), self.split.shape[1]))
+        for rows, index, candidates, split in blocks:
+            split_sums[rows] += self._block_sums(units[rows], means[rows], norms[rows], index, candidates, split)
+        dims = means.shape[1]
+        sums = np.empty((len(means), dims + 1))
+        sums[:, :-1] = (split_sums[:, :dims] * _HALF + split_sums[:, dims:-1]) / self.points.scale
+        sums[:, -1] = split_sums[:, -1]
+        return sums
+
+    def _dense_blocks(self, count: int) -> list:
+        """Blocks covering all points for all ``count`` means."""
+        everyone = slice(0, count)
+        return [
+            (everyone, np.arange(start, min(start + _CHUNK_POINTS, len(self.units))),
+             self.units[start:start + _CHUNK_POINTS], self.split[start:start + _CHUNK_POINTS])
+            for start in range(0, len(self.units), _CHUNK_POINTS)
+        ]
+
+    def _group_blocks(self, groups: np.ndarray) -> list:
+        """Blocks of each group's candidates for the (sorted) rows of its means."""
+        blocks = []
         bounds = np.flatnonzero(np.diff(groups)) + 1
         for start, stop in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(groups)]])):
             group = self.groups[groups[start]]
-            cosines = units[start:stop] @ group.units.T  # (s, P)
-            inside = cosines >= inside_cos
-            block = inside.astype(np.float64) @ group.values
-            if np.count_nonzero(cosines > outside_cos) != block[:, -1].sum():
-                rows, cols = np.nonzero((cosines > outside_cos) & ~inside)
-                dots = np.einsum("kf,kf->k", means[start + rows], group.values[cols, :-1])
-                point_norms = _norms(group.values[cols, :-1])
-                inside[rows, cols] = _within(dots, norms[start + rows], point_norms, self.one_minus_h)
-                block = inside.astype(np.float64) @ group.values
-            sums[start:stop] = block
-        result = np.empty_like(sums)
-        result[order] = sums
-        return result
+            for first in range(0, len(group.index), _CHUNK_POINTS):
+                part = slice(first, first + _CHUNK_POINTS)
+                blocks.append((slice(start, stop), group.index[part], group.units[part], group.split[part]))
+        return blocks
 
     def run(self, seeds: np.ndarray, max_iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Iterate all seeds; return the final means (S, F), neighbour counts (S,) and survival flags (S,)."""
+        """Iterate all seeds; return the final means (S, F), neighbour counts (S,) and survival flags (S,).
+
+        The first update of all seeds is one dense pass over all points (in chunks); afterwards the means are
+        grouped around anchors and each group only looks at its candidates.
+        """
         points = self.points
         means = points.values[seeds].copy()
         counts = np.zeros(len(seeds), dtype=np.int64)
@@ -439,10 +484,13 @@ class _FastMeanShift:
         follows = np.arange(len(seeds))  # each seed's representative (seeds with equal means are iterated once)
         group_of = np.full(len(seeds), -1, dtype=np.int64)
         active = self._merge_equal(np.arange(len(seeds)), means, follows)
-        units = means[active] / _norms(means[active])[:, None]
-        group_of[active] = self._find_groups(units, _FIRST_LEADER_RADIUS, _FIRST_ANCHOR_RADIUS)
-        for _ in range(max_iterations):
-            sums = self._sums(means[active], group_of[active])
+        for iteration in range(max_iterations):
+            if iteration == 0:
+                sums = self._sums(means[active], self._dense_blocks(len(active)))
+            else:
+                order = np.argsort(group_of[active], kind="stable")
+                active = active[order]
+                sums = self._sums(means[active], self._group_blocks(group_of[active]))
             neighbour_counts = sums[:, -1]
             empty = neighbour_counts == 0
             alive[active[empty]] = False
@@ -450,30 +498,33 @@ class _FastMeanShift:
             new_means = _quantise(sums[:, :-1] / np.where(empty, 1.0, neighbour_counts)[:, None], points.scale)
             finished = _converged(new_means, means[active], points.scale, self.threshold) | empty
             means[active[~empty]] = new_means[~empty]
-            active = active[~finished]
+            active = np.sort(active[~finished])
             if active.size == 0:
                 break
             active = self._merge_equal(active, means, follows)
             units = means[active] / _norms(means[active])[:, None]
-            own = group_of[active]
-            moved = np.flatnonzero(np.einsum("af,af->a", units, self.anchors[own]) < self.valid_cos[own])
+            if iteration == 0:
+                moved = np.arange(len(active))
+            else:
+                own = group_of[active]
+                moved = np.flatnonzero(np.einsum("af,af->a", units, self.anchors[own]) < self.valid_cos[own])
             if moved.size:
-                group_of[active[moved]] = self._find_groups(units[moved], _LEADER_RADIUS, _ANCHOR_RADIUS)
+                group_of[active[moved]] = self._find_groups(units[moved])
             self._release_unused(group_of[active])
         return means[follows], counts[follows], alive[follows]
 
     @staticmethod
     def _merge_equal(active: np.ndarray, means: np.ndarray, follows: np.ndarray) -> np.ndarray:
         """Let seeds whose means are bit-identical follow the first of them; return the remaining active seeds."""
-        first: dict[bytes, int] = {}
-        keep = []
-        for rep in active:
-            leader = first.setdefault(means[rep].tobytes(), int(rep))
-            if leader == rep:
-                keep.append(rep)
-            else:
-                follows[follows == rep] = leader
-        return np.array(keep, dtype=np.int64)
+        rows = np.ascontiguousarray(means[active])
+        keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        leaders = active[first[inverse.ravel()]]
+        if np.any(leaders != active):
+            mapping = np.arange(len(follows))
+            mapping[active] = leaders
+            follows[:] = mapping[follows]
+        return np.sort(active[first])
 
 
 def cosine_mean_shift(
@@ -542,25 +593,39 @@ def split_components(clusters: np.ndarray, min_size: int) -> np.ndarray:
         min_size: t_size.
 
     Returns:
-        int32 labels of the same shape: 0 background, components 1..M numbered by cluster, then by the raster
-        order of their first voxel within the cluster's bounding box.
+        int32 labels of the same shape: 0 background, components 1..M in a deterministic order (connected
+        foreground blobs in raster order of their first voxel; blobs holding several clusters after them).
     """
     structure = ndimage.generate_binary_structure(clusters.ndim, 2)
-    components = np.zeros(clusters.shape, dtype=np.int32)
-    total = 0
-    for cluster, box in enumerate(ndimage.find_objects(clusters), start=1):
-        if box is None:
-            continue
-        inside = clusters[box] == cluster
-        labels, count = ndimage.label(inside, structure=structure)
-        components[box][inside] = labels[inside] + total
-        total += count
-    sizes = np.bincount(components.ravel(), minlength=total + 1)
-    keep = sizes >= min_size
+    blobs, count = ndimage.label(clusters > 0, structure=structure)
+    if count == 0:
+        return np.zeros(clusters.shape, dtype=np.int32)
+    # Which clusters occur in which foreground blob; only blobs with several clusters need splitting.
+    width = int(clusters.max()) + 1
+    occurs = np.zeros((count + 1) * width, dtype=bool)
+    foreground = blobs > 0
+    occurs[blobs[foreground].astype(np.int64) * width + clusters[foreground]] = True
+    occurs = occurs.reshape(count + 1, width)
+    mixed = np.flatnonzero(occurs.sum(axis=1) > 1)
+    total = count
+    if mixed.size:
+        boxes = ndimage.find_objects(blobs)
+        for blob in mixed:
+            box = boxes[blob - 1]
+            inside = blobs[box] == blob
+            part_clusters = clusters[box]
+            part_blobs = blobs[box]
+            for cluster in np.flatnonzero(occurs[blob]):
+                members = inside & (part_clusters == cluster)
+                labels, found = ndimage.label(members, structure=structure)
+                part_blobs[members] = labels[members] + total
+                total += found
+    sizes = np.bincount(blobs.ravel(), minlength=total + 1)
+    keep = sizes >= max(min_size, 1)
     keep[0] = False
     relabel = np.zeros(total + 1, dtype=np.int32)
     relabel[keep] = np.arange(1, np.count_nonzero(keep) + 1, dtype=np.int32)
-    return relabel[components]
+    return relabel[blobs]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from rshn_tf import clustering
 from rshn_tf.clustering import (
@@ -146,6 +147,29 @@ def test_components_connect_across_the_two_frames():
     labels = split_components(clusters, 1)
     assert labels.max() == 3
     assert labels[0, 6, 6] == labels[1, 6, 7] and labels[0, 2, 2] != labels[1, 3, 3]
+
+
+def test_touching_clusters_stay_apart_and_match_a_per_cluster_labelling():
+    clusters = np.zeros((2, 12, 12), np.int32)
+    clusters[0, 2:10, 2:4] = 1  # cluster 1: two bars joined only through cluster 2 ...
+    clusters[0, 2:10, 6:8] = 1
+    clusters[:, 5, 4:6] = 2  # ... a bridge of cluster 2 touching both, present in both frames
+    labels = split_components(clusters, 1)
+    assert labels.max() == 3 and labels[0, 5, 4] == labels[1, 5, 5] != labels[0, 2, 2] != labels[0, 2, 6]
+    # Random clusters against the straightforward definition: label each cluster on its own.
+    rng = np.random.default_rng(0)
+    clusters = rng.integers(0, 4, (2, 30, 30)).astype(np.int32) * (rng.random((2, 30, 30)) < 0.7)
+    structure = np.ones((3, 3, 3), bool)
+    structure[[0, 0, 0, 0, 2, 2, 2, 2], [0, 0, 2, 2, 0, 0, 2, 2], [0, 2, 0, 2, 0, 2, 0, 2]] = False  # 18-neighbours
+    expected = np.zeros_like(clusters)
+    for cluster in range(1, 4):
+        parts, count = ndimage.label(clusters == cluster, structure)
+        sizes = np.bincount(parts.ravel())
+        keep = (parts > 0) & (sizes[parts] >= 3)
+        expected[keep] = parts[keep] + 1000 * cluster
+    labels = split_components(clusters, 3)
+    assert same_partition(labels, expected)
+    assert sorted(np.unique(labels)) == list(range(labels.max() + 1))
 
 
 def test_min_size_counts_voxels_over_both_frames():
