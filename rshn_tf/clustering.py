@@ -67,9 +67,9 @@ __all__ = [
 #: Significant bits of the fixed-point grid the features and means are rounded to (see module docstring).
 _FIXED_POINT_BITS = 22
 #: Angle (radians) a mean may move away from its group's anchor before it is regrouped.
-_ANCHOR_RADIUS = 0.25
+_ANCHOR_RADIUS = 0.3
 #: Angle (radians) within which new means are grouped with a leader mean.
-_LEADER_RADIUS = 0.1
+_LEADER_RADIUS = 0.15
 #: Points per block of a matrix product (at most 2**13 keeps the split float32 neighbour sums exact).
 _CHUNK_POINTS = 8192
 #: Split of the fixed-point features into a high and a low half for exact float32 sums (2**11).
@@ -371,13 +371,17 @@ class _FastMeanShift:
         reach = math.acos(self.one_minus_h) + anchor_radius
         candidate_cos = (math.cos(reach) if reach < math.pi else -1.0) - self.margin
         anchors32 = anchors.astype(np.float32)
-        hits: list[list[np.ndarray]] = [[] for _ in anchors]
+        rows, cols = [], []
         for start in range(0, len(self.units), _CHUNK_POINTS):
-            near = (anchors32 @ self.units[start:start + _CHUNK_POINTS].T) >= candidate_cos
-            for row, found in enumerate(near):
-                hits[row].append(np.flatnonzero(found) + start)
-        for parts in hits:
-            index = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            cosines = anchors32 @ self.units[start:start + _CHUNK_POINTS].T
+            found_rows, found_cols = np.nonzero(cosines >= candidate_cos)
+            rows.append(found_rows)
+            cols.append(found_cols + start)
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        cols = cols[np.argsort(rows, kind="stable")]  # by anchor, each anchor's points in increasing order
+        bounds = np.searchsorted(np.sort(rows), np.arange(len(anchors) + 1))
+        for first, last in zip(bounds[:-1], bounds[1:]):
+            index = cols[first:last]
             self.groups.append(_Group(index, self.units[index], self.split[index]))
         self.anchors = np.concatenate([self.anchors, anchors])
         self.valid_cos = np.concatenate([self.valid_cos, np.full(len(anchors), math.cos(anchor_radius) + self.margin)])
