@@ -234,6 +234,17 @@ def test_fast_mean_shift_equals_reference_exactly(case):
     np.testing.assert_array_equal(fast_labels, ref_labels)
 
 
+def test_fast_equals_reference_on_a_full_size_tile_of_a_dense_frame():
+    embeddings, _ = oracle_frame_pair((256, 256), 30, noise=0.1, seed=12)  # ~ a Fluo-N2DL-HeLa tile
+    features = tile_features(embeddings, foreground_mask(embeddings, 0.5), 0.005)
+    seeds = choose_seeds(len(features), 128, 12)
+    fast = cosine_mean_shift(features, 0.1, seeds, 300, 1e-3)
+    ref = cosine_mean_shift_reference(features, 0.1, seeds, 300, 1e-3)
+    assert len(features) > 5000 and len(ref[0]) > 5
+    np.testing.assert_array_equal(fast[0], ref[0])
+    np.testing.assert_array_equal(fast[1], ref[1])
+
+
 def test_fast_equals_reference_with_few_iterations_duplicates_and_tiny_problems():
     embeddings, _ = oracle_frame_pair((48, 48), 8, noise=0.15, seed=9, colours=3)
     features = tile_features(embeddings, foreground_mask(embeddings, 0.5), 0.005)
