@@ -351,11 +351,11 @@ class _FastMeanShift:
         self.one_minus_h = 1.0 - bandwidth
         self.threshold = tolerance * bandwidth
         dims = points.values.shape[1]
-        # float32 cosines of unit vectors are off by at most ~(dims + 2) * 2**-24; everything within this margin
-        # of the decision is re-checked exactly.
+        # float32 cosines of float32 unit vectors are off by at most ~(dims + 4) * 2**-24; everything within this
+        # margin of the decision is re-checked exactly.
         self.margin = 16.0 * dims * 2.0**-24
-        self.units = (points.values / points.norms[:, None]).astype(np.float32)
-        high = np.floor(points.grid / np.float32(_HALF))  # exact in float32, as the grid holds integers < 2**22
+        self.units = points.grid * (1.0 / (points.norms * points.scale)).astype(np.float32)[:, None]
+        high = np.floor(points.grid * np.float32(1.0 / _HALF))  # exact: the grid holds integers < 2**22
         self.split = np.empty((len(high), 2 * dims + 1), dtype=np.float32)
         self.split[:, :dims] = high
         self.split[:, dims:-1] = points.grid - high * np.float32(_HALF)
