@@ -63,6 +63,11 @@ class DataConfig:
             (50 px for most datasets, 25 for Fluo-N2DL-HeLa, 0 for Fluo-N2DH-SIM+).
         seg_sample_fraction: Fraction of training samples that contain a frame with SEG ground truth (§4.2: about
             every second mini-batch).
+        complete_seg_min_coverage: A SEG frame counts as completely segmented, and so enters the background term
+            (§4.2: "frames on which every cell is segmented"), when at least this fraction of its TRA markers got a
+            SEG mask. The authors' hand-made lists (notes §3.4) accept frames with one or two unsegmented cells:
+            0.8 reproduces their DIC-C2DH-HeLa count (17 of 18 SEG frames). 1.0 is the literal reading, which leaves
+            Fluo-N2DL-HeLa 01 without a single complete frame.
         mirror_padding: Code: mirror-pad frames by half their size before cropping (DIC, GOWT1, SIM+, N2DL-HeLa);
             paper: no padding, pixels outside the image are invalid.
         crop_border: Code: pixels cropped from every side of training frames before augmentation (MSC: 20).
@@ -82,6 +87,7 @@ class DataConfig:
     normalization_percentiles: list[float] = field(default_factory=lambda: [0.1, 99.9])
     border_band: int = 50
     seg_sample_fraction: float = 0.5
+    complete_seg_min_coverage: float = 0.8
     mirror_padding: bool = False
     crop_border: int = 0
     label_blur_sigma: float = 0.0
@@ -106,7 +112,8 @@ class ModelConfig:
         gate_init_scale: Variance-scaling factor (fan-in, truncated normal) of the ConvGRU gate kernels. Code: 1.0
             (LeCun-like, notes §1.3), which the issue asks for and which we use; paper text: He (2.0) for all convs.
         input_conv: Per-hourglass 1×1 input convolution with ``filters`` outputs and ReLU (code, notes §1.2; needed
-            for the authors' parameter count of 4,136,608; not drawn in the paper).
+            for the authors' parameter count of 4,136,608; not drawn in the paper). ``null`` = the architecture's
+            code default: on for ``rshn`` and ``shn``, off for ``volumetric`` (notes §2.1).
         output_kernel_size: Kernel size of the linear output convolution (code MIA: 1; MICCAI: 3).
         normalization_epsilon: ε of the L2 normalisation of the first hourglass's embeddings before they are fed to
             the next one (code: 1e-4).
@@ -122,7 +129,7 @@ class ModelConfig:
     activation: str = "relu"
     gru_activation: str = "relu"
     gate_init_scale: float = 1.0
-    input_conv: bool = True
+    input_conv: Optional[bool] = None
     output_kernel_size: int = 1
     normalization_epsilon: float = 1e-4
     l2_factor: float = 1e-5
@@ -187,6 +194,8 @@ class LossConfig:
         neighbour_dilation: Code: diameter of the disk the instance is dilated with in ``code`` mode (5).
         hourglass_weights: Weight of the loss on each hourglass output (notes §3.6: 1 and 1).
         background_weight: Weight of the background term L(b) (eq. 6: 1).
+        epsilon: ε of the L2 normalisation of pixel and mean embeddings inside the loss, x / sqrt(max(‖x‖², ε))
+            (code: the ``tf.nn.l2_normalize`` default 1e-12, notes §3.2); a zero vector gets cosine 0.
     """
 
     variant: Literal["paper", "miccai2018"] = "paper"
@@ -196,6 +205,7 @@ class LossConfig:
     neighbour_dilation: int = 5
     hourglass_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])
     background_weight: float = 1.0
+    epsilon: float = 1e-12
 
 
 @dataclass
@@ -646,6 +656,7 @@ def validate(config: Config, source: str = "config") -> None:
          and 0 <= config.data.normalization_percentiles[0] < config.data.normalization_percentiles[1] <= 100,
          "data.normalization_percentiles", "two increasing percentiles in [0, 100]"),
         (0.0 <= config.data.seg_sample_fraction <= 1.0, "data.seg_sample_fraction", "in [0, 1]"),
+        (0.0 <= config.data.complete_seg_min_coverage <= 1.0, "data.complete_seg_min_coverage", "in [0, 1]"),
         (config.data.border_band >= 0, "data.border_band", "non-negative"),
         (config.data.num_workers >= 0, "data.num_workers", "non-negative"),
         (config.model.levels >= 1, "model.levels", "at least 1"),
@@ -656,6 +667,7 @@ def validate(config: Config, source: str = "config") -> None:
          f"divisible by 2^(model.levels-1) = {2 ** (config.model.levels - 1)}"),
         (0.0 <= config.augmentation.mirror_probability <= 1.0, "augmentation.mirror_probability", "in [0, 1]"),
         (config.loss.max_instances >= 1, "loss.max_instances", "at least 1"),
+        (config.loss.epsilon > 0.0, "loss.epsilon", "positive"),
         (len(config.loss.hourglass_weights) == config.model.stacks, "loss.hourglass_weights",
          "one weight per hourglass (model.stacks)"),
         (config.training.iterations >= 1, "training.iterations", "at least 1"),

@@ -13,11 +13,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def ctc_data_root() -> Path | None:
     """Return the folder holding the real CTC datasets, or None when it is absent.
 
-    Looks at ``$RSHN_CTC_DATA`` first, then ``../shared/data/ctc`` beside the repository.
+    Looks at ``$RSHN_CTC_DATA`` first, then for ``shared/data/ctc`` beside the repository or beside one of its
+    parent folders (so git worktrees nested one level deeper find it too).
     """
     env = os.environ.get("RSHN_CTC_DATA")
     candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared" / "data" / "ctc")
+    candidates += [parent / "shared" / "data" / "ctc" for parent in REPO_ROOT.parents]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
