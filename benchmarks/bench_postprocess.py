@@ -97,7 +97,8 @@ def run(name: str, frames: int, baseline_tiles: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     video = synthetic_video(grid_shape, cells, radius, frames, rng)
     colourings = cases.window_colourings(video, config.data.sequence_length, config.loss.neighbour_radius)
-    pairs = [cases.oracle_pair(video, t, colourings[t], 0.05, rng) for t in range(frames - 1)]
+    fields = cases.noise_fields(grid_shape, frames - 1, 0.05, rng)
+    pairs = [cases.oracle_pair(video, t, colourings[t], field) for t, field in enumerate(fields)]
     processor = PostProcessor(config, original)
     for pair in pairs:
         processor.add_pair(pair)

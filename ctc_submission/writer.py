@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from data_io.ctc import write_tiff, write_track_file
+from data_io.ctc import FRAME_DIGITS, write_tiff, write_track_file
 from rshn_tf.errors import RshnError
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def write_ctc_result(
         raise ValueError(f"labels must be (T, H, W), got shape {labels.shape}")
     num_frames = labels.shape[0]
     digits = mask_digits(num_frames) if digits is None else int(digits)
-    if digits not in (3, 4) or num_frames > 10 ** digits:
+    if digits not in FRAME_DIGITS or num_frames > 10 ** digits:
         raise RshnError(f"{output_dir}: cannot name {num_frames} frames with {digits} digits (use 3 or 4)")
     lowest = min(int(labels.min(initial=0)), int(tracks.min(initial=0)))
     highest = max(int(labels.max(initial=0)), int(tracks[:, 0].max(initial=0)))

@@ -320,6 +320,9 @@ class TrackingConfig:
         parent_search_frames: Previous frames searched for the parent (code, per dataset: 8 or 2).
         min_track_length: t_length: parent-less tracks shorter than this many frames are removed (§4.2: 2).
         merge_search_frames: t_merge: a split that re-merges within this many frames is undone (§4.2: 10).
+        merge_first_frame_tracks: Code: a track that starts in frame 0 and merges into another track within
+            t_merge frames is also treated as a false split and relabelled (notes §5.5); paper (§2.5): only
+            instances that split off another one are repaired, so off.
         resample_interpolation: Interpolation of labels back to the original size: ``label_gaussian`` (code) or
             ``nearest``.
         label_gaussian_sigma: σ of the label-Gaussian interpolation (code: 1.0).
@@ -331,6 +334,7 @@ class TrackingConfig:
     parent_search_frames: int = 8
     min_track_length: int = 2
     merge_search_frames: int = 10
+    merge_first_frame_tracks: bool = False
     resample_interpolation: Literal["label_gaussian", "nearest"] = "label_gaussian"
     label_gaussian_sigma: float = 1.0
 

@@ -159,8 +159,9 @@ class PairTracker:
 
         For each label a of frame t+1, b is the label of frame t+2 with the largest intersection (more than
         ``parent_iou_threshold`` of a's area). If b ≠ a, a's track spans at most ``merge_search_frames`` frames
-        (last − first), and either a starts in frame 0 or a's first mask overlaps b most in the frame before a
-        started, a was a spurious split that re-merged into b: the whole track a is relabelled to b.
+        (last − first), and a's first mask overlaps b most in the frame before a started, a was a spurious split
+        of b that re-merged: the whole track a is relabelled to b. A track starting in frame 0 has no frame before;
+        the code repairs it anyway, the paper not (``merge_first_frame_tracks``).
         """
         t2 = len(self.frames) - 1
         before, after = self.frames[t2 - 1], self.frames[t2]
@@ -181,6 +182,8 @@ class PairTracker:
                 continue
             first, last = self._first[a], self._last[a]
             if last - first > self.config.merge_search_frames:
+                continue
+            if first == 0 and not self.config.merge_first_frame_tracks:
                 continue
             if first > 0 and self._best_overlap(self.frames[first] == a, self.frames[first - 1]) != b:
                 continue

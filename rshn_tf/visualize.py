@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from data_io.ctc import read_tiff, read_track_file
+from data_io.ctc import load_frames, load_result
 from rshn_tf.errors import RshnError
 
 #: Display percentiles of the raw intensities mapped to black and white (display only, not a method parameter).
@@ -100,24 +100,6 @@ def overlay_frame(
     return rgb
 
 
-def _frame_files(frames_dir: Path) -> list[Path]:
-    if not frames_dir.is_dir():
-        raise RshnError(f"{frames_dir}: frames folder not found")
-    files = sorted(p for p in frames_dir.glob("t*.tif") if p.stem[1:].isdigit())
-    if not files:
-        raise RshnError(f"{frames_dir}: no frames tNNN.tif")
-    return files
-
-
-def _mask_files(res_dir: Path) -> list[Path]:
-    if not res_dir.is_dir():
-        raise RshnError(f"{res_dir}: result folder not found")
-    files = sorted(p for p in res_dir.glob("mask*.tif") if p.stem[4:].isdigit())
-    if not files:
-        raise RshnError(f"{res_dir}: no maskNNN.tif files")
-    return files
-
-
 def render_overlay(
     res_dir: str | os.PathLike, frames_dir: str | os.PathLike, out_path: str | os.PathLike,
     frames: Optional[slice] = None,
@@ -140,19 +122,18 @@ def render_overlay(
     suffix = out_path.suffix.lower()
     if suffix not in (".gif", ".png"):
         raise RshnError(f"{out_path}: the overlay is written as .gif or .png")
-    masks = _mask_files(res_dir)
-    raws = _frame_files(frames_dir)
-    if len(masks) != len(raws):
-        raise RshnError(f"{res_dir} has {len(masks)} masks but {frames_dir} has {len(raws)} frames")
-    tracks = read_track_file(res_dir / "res_track.txt")
-    colours = track_colours(tracks[:, 0])
-    images = []
-    for t in range(len(masks))[frames or slice(None)]:
-        labels = read_tiff(masks[t]).astype(np.int64)
-        raw = read_tiff(raws[t])
-        if raw.shape[:2] != labels.shape:
-            raise RshnError(f"{raws[t]}: frame size {raw.shape[:2]} differs from {masks[t]} {labels.shape}")
-        images.append(Image.fromarray(overlay_frame(raw, labels, colours, mitosis_ids(tracks, t))))
+    result = load_result(res_dir)
+    raws = load_frames(frames_dir).frames
+    if len(result.labels) != len(raws):
+        raise RshnError(f"{res_dir} has {len(result.labels)} masks but {frames_dir} has {len(raws)} frames")
+    if raws.shape[1:3] != result.labels.shape[1:]:
+        raise RshnError(f"{frames_dir}: frame size {raws.shape[1:3]} differs from the masks of {res_dir} "
+                        f"{result.labels.shape[1:]}")
+    colours = track_colours(result.tracks[:, 0])
+    images = [
+        Image.fromarray(overlay_frame(raws[t], result.labels[t], colours, mitosis_ids(result.tracks, t)))
+        for t in range(len(raws))[frames or slice(None)]
+    ]
     if not images:
         raise RshnError(f"{out_path}: no frames selected")
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -92,8 +92,9 @@ def division() -> Case:
 
 
 def early_division() -> Case:
-    """Division in frame 3: the code's t_merge repair relabels the short mother (starts in frame 0) to a daughter;
-    the lineage-consistency split must restore mother → two daughters."""
+    """Division in frame 3, within t_merge frames of the video start. With the code's repair of tracks starting in
+    frame 0 (``tracking.merge_first_frame_tracks``) the short mother is relabelled to a daughter and the
+    lineage-consistency split must restore mother → two daughters; the paper's rule leaves the mother alone."""
     v = np.zeros((6,) + SHAPE, np.int32)
     for t in range(3):
         paint(v, t, 1, 32, 48, 8)
@@ -315,21 +316,30 @@ def window_colourings(video: np.ndarray, window: int, distance: float) -> list[d
     return colourings
 
 
-def oracle_pair(video: np.ndarray, t: int, colouring: dict[int, int], noise: float,
-                rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
-    """Oracle embeddings (2, h, w, 16) of frames (t, t+1): unit vector e_colour per instance, e_b = e_0 for the
-    background, plus Gaussian noise of standard deviation ``noise`` per component, L2-normalised."""
+def oracle_pair(video: np.ndarray, t: int, colouring: dict[int, int], noise: np.ndarray) -> np.ndarray:
+    """Oracle embeddings (2, h, w, 16) float32 of frames (t, t+1): unit vector e_colour per instance, e_b = e_0 for
+    the background, plus the given noise field (2, h, w, 16), L2-normalised."""
     pair = video[t:t + 2]
     lut = np.zeros(int(pair.max(initial=0)) + 1, dtype=np.int64)
     for label, colour in colouring.items():
         if label < lut.size:
             lut[label] = colour
-    emb = rng.standard_normal(pair.shape + (ORACLE_DIM,), dtype=np.float32)
-    emb *= noise
+    emb = np.array(noise, dtype=np.float32)
     flat = emb.reshape(-1)
     flat[np.arange(pair.size) * ORACLE_DIM + lut[pair].ravel()] += 1.0
     emb /= np.sqrt(np.einsum("...d,...d->...", emb, emb))[..., None]
-    return emb.astype(dtype, copy=False)
+    return emb
+
+
+def noise_fields(shape: tuple[int, int], count: int, noise: float, rng: np.random.Generator):
+    """``count`` Gaussian noise fields (2, h, w, 16) of standard deviation ``noise``: one random bank, shifted by a
+    random cyclic offset (and frame order) per field, which is much cheaper than fresh noise for big frames."""
+    bank = rng.standard_normal((2,) + tuple(shape) + (ORACLE_DIM,), dtype=np.float32)
+    bank *= noise
+    for _ in range(count):
+        dy, dx = int(rng.integers(shape[0])), int(rng.integers(shape[1]))
+        field = np.roll(bank, (dy, dx), axis=(1, 2))
+        yield field[::-1] if rng.integers(2) else field
 
 
 def write_oracle_embeddings(video: np.ndarray, folder, window: int, distance: float, noise: float = 0.05,
@@ -341,9 +351,11 @@ def write_oracle_embeddings(video: np.ndarray, folder, window: int, distance: fl
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     colourings = window_colourings(video, window, distance)
-    for t, colouring in enumerate(colourings):
-        np.save(folder / f"pair_{t:03d}.npy", oracle_pair(video, t, colouring, noise, rng, dtype))
+    fields = noise_fields(video.shape[1:], len(colourings), noise, rng)
+    for t, (colouring, field) in enumerate(zip(colourings, fields)):
+        np.save(folder / f"pair_{t:03d}.npy", oracle_pair(video, t, colouring, field).astype(dtype, copy=False))
     return len(colourings)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Embedding builders of the clustering tests

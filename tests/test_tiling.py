@@ -56,14 +56,6 @@ def test_extract_tiles_with_leading_and_trailing_axes():
         extract_tiles(pair, grid, axis=0)
 
 
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when two label images are equal up to a renaming of the non-zero labels."""
-    if not np.array_equal(a > 0, b > 0):
-        return False
-    pairs = np.unique(np.stack([a[a > 0], b[a > 0]]), axis=1)
-    return len(set(pairs[0])) == pairs.shape[1] == len(set(pairs[1]))
-
-
 @pytest.mark.parametrize("mode", ["instance", "blob"])
 @pytest.mark.parametrize("case", cases.catalogue(), ids=lambda c: c.name)
 def test_perfect_tiles_merge_back_to_the_frame_pair(case, mode):
@@ -73,7 +65,7 @@ def test_perfect_tiles_merge_back_to_the_frame_pair(case, mode):
         pair = case.observed[t:t + 2]
         merged = merge_tiles(cases.tile_labels_of_pair(pair, grid), grid, cases.SHAPE, config)
         assert merged.dtype == np.int32 and merged.shape == (2,) + cases.SHAPE
-        assert _same_partition(pair, merged), f"{case.name} pair {t}"
+        assert cases.same_partition(pair, merged), f"{case.name} pair {t}"
         ids = np.unique(merged)
         np.testing.assert_array_equal(ids, np.arange(ids.size))  # consecutive 0..K
 

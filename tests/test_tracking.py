@@ -193,3 +193,29 @@ def test_finalized_tracks_agree_with_the_masks():
         if parent:
             assert tracks[tracks[:, 0] == parent][0, 2] < first
     assert sorted(np.unique(labels)[1:].tolist()) == sorted(tracks[:, 0].tolist())
+
+
+def test_early_division_keeps_its_lineage_with_the_codes_first_frame_repair():
+    case = cases.early_division()
+    for code in (False, True):
+        labels, tracks = run_tracking(case.observed, merge_first_frame_tracks=code)
+        got = cases.canonical(labels, tracks)
+        want = cases.canonical(case.expected, case.tracks)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_first_frame_repair_is_the_codes_option_only():
+    # cell A (frames 0-3) runs into cell B and vanishes; in frame 4 it overlaps B most. The paper's rule keeps A
+    # (it never split off B); the code's rule relabels the short frame-0 track A to B, merging both masks.
+    v = np.zeros((8, 40, 64), np.int32)
+    for t in range(8):
+        cases.paint(v, t, 2, 20, 40, 8)
+    for t, x in enumerate((15, 19, 23, 27)):
+        cases.paint(v, t, 1, 20, x, 6)
+    labels, tracks = run_tracking(v)
+    np.testing.assert_array_equal(cases.canonical(labels, tracks)[1], [[1, 0, 7, 0], [2, 0, 3, 0]])  # B is raster-first
+    labels, tracks = run_tracking(v, merge_first_frame_tracks=True)
+    got_labels, got = cases.canonical(labels, tracks)
+    np.testing.assert_array_equal(got, [[1, 0, 7, 0]])
+    np.testing.assert_array_equal(got_labels > 0, v > 0)

@@ -86,5 +86,5 @@ def test_mismatched_frames_fail_clearly(division_result, tmp_path):
     (frames / "t014.tif").unlink()
     with pytest.raises(RshnError, match="15 masks but .* has 14 frames"):
         render_overlay(res, frames, tmp_path / "m.gif")
-    with pytest.raises(RshnError, match="no frames tNNN.tif"):
+    with pytest.raises(RshnError, match="no raw frame files"):
         render_overlay(res, tmp_path / "01_RES", tmp_path / "m.gif")
