@@ -286,6 +286,7 @@ def _merge_blobs(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, confi
         box = (slice(None),) + tile.image_slice
         merged_blobs, _ = ndimage.label(out > 0, structure=_BLOB_STRUCTURE)
         merged_sizes = np.bincount(merged_blobs.ravel())
+        merged_boxes = ndimage.find_objects(merged_blobs)
         tile_blobs, _ = ndimage.label(part > 0, structure=_BLOB_STRUCTURE)
         tile_sizes = np.bincount(tile_blobs.ravel())
         merged_in_tile = merged_blobs[box]
@@ -305,7 +306,9 @@ def _merge_blobs(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, confi
             new_blobs = new_blobs[new_blobs > 0]
             if tile_sizes[new_blobs].sum() <= merged_sizes[old].sum():
                 continue
-            out[np.isin(merged_blobs, old)] = 0
+            for blob in old.tolist():
+                blob_box = merged_boxes[blob - 1]
+                out[blob_box][merged_blobs[blob_box] == blob] = 0
             in_blob = np.isin(tile_blobs, new_blobs)
             for label in np.unique(part[in_blob]):
                 if label == 0:
