@@ -74,6 +74,10 @@ class DataConfig:
         label_blur_sigma: Code: per-label Gaussian smoothing σ of training label crops (DIC: 2); paper: 0 (off).
         num_workers: Parallel workers that produce augmented training samples.
         prefetch: Training samples prepared ahead of the train step.
+        seg_sample_frames: Which frames anchor the ``seg_sample_fraction`` windows: ``complete`` (frames with
+            complete SEG, the ones that feed the background term; §4.2 read with the background term in mind) or
+            ``any`` frame with SEG ground truth (code: its id list repeats every SEG frame, notes §4.7).
+        worker_type: ``thread`` or ``process``: how the ``num_workers`` sample workers run (same samples either way).
     """
 
     dataset: str = "custom"
@@ -93,6 +97,8 @@ class DataConfig:
     label_blur_sigma: float = 0.0
     num_workers: int = 2
     prefetch: int = 4
+    seg_sample_frames: Literal["complete", "any"] = "complete"
+    worker_type: Literal["thread", "process"] = "thread"
 
 
 @dataclass
