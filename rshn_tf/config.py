@@ -118,7 +118,8 @@ class ModelConfig:
         gate_init_scale: Variance-scaling factor (fan-in, truncated normal) of the ConvGRU gate kernels. Code: 1.0
             (LeCun-like, notes §1.3), which the issue asks for and which we use; paper text: He (2.0) for all convs.
         input_conv: Per-hourglass 1×1 input convolution with ``filters`` outputs and ReLU (code, notes §1.2; needed
-            for the authors' parameter count of 4,136,608; not drawn in the paper).
+            for the authors' parameter count of 4,136,608; not drawn in the paper). ``null`` = the architecture's
+            code default: on for ``rshn`` and ``shn``, off for ``volumetric`` (notes §2.1).
         output_kernel_size: Kernel size of the linear output convolution (code MIA: 1; MICCAI: 3).
         normalization_epsilon: ε of the L2 normalisation of the first hourglass's embeddings before they are fed to
             the next one (code: 1e-4).
@@ -134,7 +135,7 @@ class ModelConfig:
     activation: str = "relu"
     gru_activation: str = "relu"
     gate_init_scale: float = 1.0
-    input_conv: bool = True
+    input_conv: Optional[bool] = None
     output_kernel_size: int = 1
     normalization_epsilon: float = 1e-4
     l2_factor: float = 1e-5

@@ -1,0 +1,579 @@
+"""The networks of the paper as Keras models: RSHN (§2.1), non-recurrent SHN (§5.1), volumetric SHN (Table 3, §5.2).
+
+All three stack ``stacks`` hourglasses (:class:`rshn_tf.layers.Hourglass`); hourglass k > 0 sees the image
+concatenated with the L2-normalised embeddings of hourglass k-1, and every model returns a **list** with the raw
+(unnormalised) embeddings of each hourglass, because the loss is applied to all of them (§2.1).
+
+* :class:`RecurrentStackedHourglass` (RSHN): (B, T, H, W, C) → (B, T, H, W, D) per hourglass; the ConvGRU states
+  start at zero for every call.
+* :class:`StackedHourglass` (SHN): still images (B, H, W, C) → (B, H, W, D) per hourglass.
+* :class:`VolumetricStackedHourglass`: a whole window (B, T, H, W, C) in one pass → (B, T, H, W, D) per hourglass.
+
+H and W must be multiples of 2^(levels-1). Build models with :func:`build_model` (from a
+:class:`~rshn_tf.config.ModelConfig`) or the explicit builders :func:`build_rshn`, :func:`build_shn` and
+:func:`build_volumetric_shn`, whose keyword defaults are the paper's values. Models are built on construction
+(``count_params()`` works at once); initialisation is deterministic after ``keras.utils.set_random_seed``.
+
+Streaming (RSHN only, §2.5): :meth:`RecurrentStackedHourglass.zero_states` and
+:meth:`RecurrentStackedHourglass.step` run one frame at a time with explicit states; :class:`RecurrentStream`
+keeps the states for the caller (get / set / reset). Running T frames through ``step`` equals the sequence call.
+The sequence call loops over time with ``keras.layers.RNN`` (a symbolic ``while_loop`` under TensorFlow, so a
+``tf.function`` traces one frame, not T).
+
+Saving: ``model.save("m.keras")`` / ``keras.models.load_model`` (import :mod:`rshn_tf.models` first so the classes
+are registered), or ``model.save_weights("m.weights.h5")`` and ``model.load_weights`` on a model built from the
+same config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import keras
+from keras import ops
+
+from rshn_tf.config import ModelConfig
+from rshn_tf.errors import RshnError
+from rshn_tf.layers import DOWNSAMPLING_FACTOR, Hourglass, RecurrentStackCell, l2_normalize, stack_input
+
+_DEFAULTS = ModelConfig()
+
+#: Channels of the network input: CTC frames are single-channel grey values (§3.1).
+IMAGE_CHANNELS = 1
+
+__all__ = [
+    "IMAGE_CHANNELS",
+    "RecurrentStackedHourglass",
+    "RecurrentStream",
+    "StackedHourglass",
+    "VolumetricStackedHourglass",
+    "build_model",
+    "build_rshn",
+    "build_shn",
+    "build_volumetric_shn",
+    "resolve_input_conv",
+]
+
+
+class _StackedHourglassModel(keras.Model):
+    """What the three models share: hyper-parameters, input checks, the config, normalised embeddings."""
+
+    def __init__(
+        self,
+        *,
+        stacks: int,
+        levels: int,
+        filters: int,
+        embedding_size: int,
+        kernel_size: int,
+        activation: str,
+        input_conv: bool,
+        output_kernel_size: int,
+        normalization_epsilon: float,
+        l2_factor: float,
+        input_channels: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if stacks < 1 or levels < 1 or filters < 1 or embedding_size < 1 or input_channels < 1:
+            raise RshnError(
+                "model: stacks, levels, filters, embedding_size and input channels must all be at least 1, got "
+                f"{stacks}, {levels}, {filters}, {embedding_size}, {input_channels}"
+            )
+        self.stacks = int(stacks)
+        self.levels = int(levels)
+        self.filters = int(filters)
+        self.embedding_size = int(embedding_size)
+        self.kernel_size = int(kernel_size)
+        self.activation = activation
+        self.use_input_conv = bool(input_conv)
+        self.output_kernel_size = int(output_kernel_size)
+        self.normalization_epsilon = float(normalization_epsilon)
+        self.l2_factor = float(l2_factor)
+        self.input_channels = int(input_channels)
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W of the input must be multiples of this (2^(levels-1))."""
+        return DOWNSAMPLING_FACTOR ** (self.levels - 1)
+
+    def _hourglass_kwargs(self) -> dict[str, Any]:
+        return dict(
+            filters=self.filters,
+            levels=self.levels,
+            embedding_size=self.embedding_size,
+            kernel_size=self.kernel_size,
+            activation=self.activation,
+            input_conv=self.use_input_conv,
+            output_kernel_size=self.output_kernel_size,
+            l2_factor=self.l2_factor,
+        )
+
+    def _check_input_shape(self, shape: Sequence[Optional[int]], what: str, time_axis: bool) -> None:
+        """Raise RshnError for a wrong rank, channel count or a spatial size not divisible by 2^(levels-1)."""
+        expected = "(B, T, H, W, C)" if time_axis else "(B, H, W, C)"
+        if len(shape) != (5 if time_axis else 4):
+            raise RshnError(f"{self.name}: {what} must have shape {expected}, got {tuple(shape)}")
+        if shape[-1] is not None and shape[-1] != self.input_channels:
+            raise RshnError(
+                f"{self.name}: {what} has {shape[-1]} channels, the model was built for {self.input_channels}"
+            )
+        self._check_spatial(shape[-3], shape[-2])
+
+    def _check_spatial(self, height: Any, width: Any) -> None:
+        for size in (height, width):
+            if isinstance(size, int) and size % self.size_multiple != 0:
+                raise RshnError(
+                    f"{self.name}: image height and width must be multiples of 2^(levels-1) = {self.size_multiple} "
+                    f"for {self.levels} levels, got {height} x {width}; pad the input (e.g. to "
+                    f"{-(-height // self.size_multiple) * self.size_multiple} x "
+                    f"{-(-width // self.size_multiple) * self.size_multiple})"
+                )
+
+    def normalized_embeddings(self, outputs: Sequence[Any]) -> Any:
+        """L2-normalised embeddings of the last hourglass (the ones clustered at inference, §2.1, §2.3).
+
+        Args:
+            outputs: The list returned by the model (or by ``step``).
+        """
+        return l2_normalize(outputs[-1], self.normalization_epsilon)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            stacks=self.stacks,
+            levels=self.levels,
+            filters=self.filters,
+            embedding_size=self.embedding_size,
+            kernel_size=self.kernel_size,
+            activation=self.activation,
+            input_conv=self.use_input_conv,
+            output_kernel_size=self.output_kernel_size,
+            normalization_epsilon=self.normalization_epsilon,
+            l2_factor=self.l2_factor,
+            input_channels=self.input_channels,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="rshn_tf")
+class RecurrentStackedHourglass(_StackedHourglassModel):
+    """The recurrent stacked hourglass network (RSHN, §2.1; notes §1).
+
+    ``model(frames)`` with frames (B, T, H, W, C) returns a list of ``stacks`` tensors (B, T, H, W, D); all ConvGRU
+    states start at zero for every call (§2.1, notes §1.5). Variables live under ``.../hourglass_{k}/...``.
+
+    Streaming: ``states = model.zero_states(B, H, W)``, then per frame
+    ``outputs, states = model.step(frames_t, states)`` with ``frames_t`` (B, H, W, C); ``states[k][ℓ]`` is the
+    ConvGRU state of hourglass k at level ℓ, shape (B, H/2^ℓ, W/2^ℓ, filters). B may be a batch of tiles or one
+    whole padded frame. ``tf.function(model.step)`` does not retrace for repeated shapes.
+    """
+
+    def __init__(
+        self,
+        *,
+        stacks: int = _DEFAULTS.stacks,
+        levels: int = _DEFAULTS.levels,
+        filters: int = _DEFAULTS.filters,
+        embedding_size: int = _DEFAULTS.embedding_size,
+        kernel_size: int = _DEFAULTS.kernel_size,
+        activation: str = _DEFAULTS.activation,
+        gru_activation: str = _DEFAULTS.gru_activation,
+        gate_init_scale: float = _DEFAULTS.gate_init_scale,
+        input_conv: bool = True,
+        output_kernel_size: int = _DEFAULTS.output_kernel_size,
+        normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
+        l2_factor: float = _DEFAULTS.l2_factor,
+        input_channels: int = IMAGE_CHANNELS,
+        unroll: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Create and build the model; see :func:`build_rshn` for the arguments."""
+        super().__init__(
+            stacks=stacks,
+            levels=levels,
+            filters=filters,
+            embedding_size=embedding_size,
+            kernel_size=kernel_size,
+            activation=activation,
+            input_conv=input_conv,
+            output_kernel_size=output_kernel_size,
+            normalization_epsilon=normalization_epsilon,
+            l2_factor=l2_factor,
+            input_channels=input_channels,
+            **kwargs,
+        )
+        self.gru_activation = gru_activation
+        self.gate_init_scale = float(gate_init_scale)
+        self.unroll = bool(unroll)
+        hourglass_kwargs = self._hourglass_kwargs()
+        hourglass_kwargs.update(gru_activation=gru_activation, gate_init_scale=gate_init_scale)
+        cell = RecurrentStackCell(stacks, normalization_epsilon, hourglass_kwargs, name="hourglass_stack")
+        self.time_loop = keras.layers.RNN(cell, return_sequences=True, unroll=self.unroll, name="time_loop")
+        self.build((None, None, None, None, self.input_channels))
+
+    @property
+    def cell(self) -> RecurrentStackCell:
+        """The per-frame network (all hourglasses)."""
+        return self.time_loop.cell
+
+    @property
+    def hourglasses(self) -> list[Hourglass]:
+        """The hourglasses, first to last."""
+        return list(self.cell.hourglasses)
+
+    def build(self, input_shape: Sequence[Optional[int]]) -> None:
+        """Create all variables (called on construction; only the channel count matters)."""
+        if not self.cell.built:
+            self.cell.build((input_shape[0],) + tuple(input_shape[2:]))
+
+    def zero_states(self, batch: Any, height: Any, width: Any) -> list[list[Any]]:
+        """All-zero ConvGRU states for frames of size (batch, height, width): ``states[k][ℓ]``.
+
+        Raises:
+            RshnError: If height or width is not a multiple of 2^(levels-1).
+        """
+        self._check_spatial(height, width)
+        states = []
+        for _ in range(self.stacks):
+            states.append([
+                ops.zeros(
+                    (batch, height // DOWNSAMPLING_FACTOR**level, width // DOWNSAMPLING_FACTOR**level, self.filters),
+                    dtype=self.compute_dtype,
+                )
+                for level in range(self.levels)
+            ])
+        return states
+
+    def step(self, frames: Any, states: Sequence[Sequence[Any]]) -> tuple[list[Any], list[list[Any]]]:
+        """Run one frame per batch element: ``(outputs, new_states)``.
+
+        Args:
+            frames: (B, H, W, C) frames (tiles, or whole padded frames).
+            states: ``states[k][ℓ]`` from :meth:`zero_states` or the previous ``step``.
+
+        Returns:
+            ``outputs``: one (B, H, W, D) tensor per hourglass (raw embeddings); ``new_states``: same structure as
+            ``states``.
+        """
+        self._check_input_shape(tuple(frames.shape), "frames", time_axis=False)
+        if len(states) != self.stacks or any(len(s) != self.levels for s in states):
+            raise RshnError(
+                f"{self.name}: states must be a list of {self.stacks} lists of {self.levels} tensors "
+                "(use model.zero_states(batch, height, width))"
+            )
+        return self.cell.step(frames, states)
+
+    def call(self, frames: Any, training: Optional[bool] = None) -> list[Any]:
+        """Run whole sequences from zero states: (B, T, H, W, C) → list of (B, T, H, W, D) per hourglass."""
+        self._check_input_shape(tuple(frames.shape), "frames", time_axis=True)
+        shape = ops.shape(frames)
+        states = self.zero_states(shape[0], shape[2], shape[3])
+        concatenated = self.time_loop(frames, initial_state=self.cell.flatten_states(states))
+        return self.cell.split_outputs(concatenated)
+
+    def compute_output_shape(self, input_shape: Sequence[Optional[int]]) -> list[tuple]:
+        return [tuple(input_shape[:-1]) + (self.embedding_size,) for _ in range(self.stacks)]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(gru_activation=self.gru_activation, gate_init_scale=self.gate_init_scale, unroll=self.unroll)
+        return config
+
+
+class _FeedForwardStack(_StackedHourglassModel):
+    """Stacked hourglasses without states: the SHN (rank 2) and the volumetric SHN (rank 3)."""
+
+    rank = 2
+
+    def __init__(self, **kwargs: Any) -> None:
+        config_keys = (
+            "stacks", "levels", "filters", "embedding_size", "kernel_size", "activation", "input_conv",
+            "output_kernel_size", "normalization_epsilon", "l2_factor", "input_channels",
+        )
+        super().__init__(**{key: kwargs.pop(key) for key in config_keys}, **kwargs)
+        hourglass_kwargs = self._hourglass_kwargs()
+        hourglass_kwargs.update(parallel="conv", rank=self.rank)
+        self.hourglasses = [Hourglass(**hourglass_kwargs, name=f"hourglass_{k}") for k in range(self.stacks)]
+        self.build((None,) * (self.rank + 1) + (self.input_channels,))
+
+    def build(self, input_shape: Sequence[Optional[int]]) -> None:
+        """Create all variables (called on construction; only the channel count matters)."""
+        for k, hourglass in enumerate(self.hourglasses):
+            if not hourglass.built:
+                extra = 0 if k == 0 else self.embedding_size
+                hourglass.build(tuple(input_shape[:-1]) + (input_shape[-1] + extra,))
+
+    def call(self, inputs: Any, training: Optional[bool] = None) -> list[Any]:
+        """Run all hourglasses; returns one raw-embedding tensor per hourglass, shaped like the input."""
+        self._check_input_shape(tuple(inputs.shape), "input", time_axis=self.rank == 3)
+        outputs = []
+        for k, hourglass in enumerate(self.hourglasses):
+            x = inputs if k == 0 else stack_input(inputs, outputs[-1], self.normalization_epsilon)
+            outputs.append(hourglass(x))
+        return outputs
+
+    def compute_output_shape(self, input_shape: Sequence[Optional[int]]) -> list[tuple]:
+        return [tuple(input_shape[:-1]) + (self.embedding_size,) for _ in range(self.stacks)]
+
+
+@keras.saving.register_keras_serializable(package="rshn_tf")
+class StackedHourglass(_FeedForwardStack):
+    """The non-recurrent stacked hourglass (§5.1): each ConvGRU replaced by one convolution; (B, H, W, C) input."""
+
+    rank = 2
+
+    def __init__(
+        self,
+        *,
+        stacks: int = _DEFAULTS.stacks,
+        levels: int = _DEFAULTS.levels,
+        filters: int = _DEFAULTS.filters,
+        embedding_size: int = _DEFAULTS.embedding_size,
+        kernel_size: int = _DEFAULTS.kernel_size,
+        activation: str = _DEFAULTS.activation,
+        input_conv: bool = True,
+        output_kernel_size: int = _DEFAULTS.output_kernel_size,
+        normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
+        l2_factor: float = _DEFAULTS.l2_factor,
+        input_channels: int = IMAGE_CHANNELS,
+        **kwargs: Any,
+    ) -> None:
+        """Create and build the model; see :func:`build_shn` for the arguments."""
+        super().__init__(
+            stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
+            activation=activation, input_conv=input_conv, output_kernel_size=output_kernel_size,
+            normalization_epsilon=normalization_epsilon, l2_factor=l2_factor, input_channels=input_channels,
+            **kwargs,
+        )
+
+
+@keras.saving.register_keras_serializable(package="rshn_tf")
+class VolumetricStackedHourglass(_FeedForwardStack):
+    """The volumetric baseline of Table 3 (§5.2; notes §2.1): k×k×k convolutions in all three paths, pooling and
+    upsampling (1, 2, 2) so time is never pooled; a whole window (B, T, H, W, C) in one pass, no states."""
+
+    rank = 3
+
+    def __init__(
+        self,
+        *,
+        stacks: int = _DEFAULTS.stacks,
+        levels: int = _DEFAULTS.levels,
+        filters: int = _DEFAULTS.filters,
+        embedding_size: int = _DEFAULTS.embedding_size,
+        kernel_size: int = _DEFAULTS.kernel_size,
+        activation: str = _DEFAULTS.activation,
+        input_conv: bool = False,
+        output_kernel_size: int = _DEFAULTS.output_kernel_size,
+        normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
+        l2_factor: float = _DEFAULTS.l2_factor,
+        input_channels: int = IMAGE_CHANNELS,
+        **kwargs: Any,
+    ) -> None:
+        """Create and build the model; see :func:`build_volumetric_shn` for the arguments."""
+        super().__init__(
+            stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
+            activation=activation, input_conv=input_conv, output_kernel_size=output_kernel_size,
+            normalization_epsilon=normalization_epsilon, l2_factor=l2_factor, input_channels=input_channels,
+            **kwargs,
+        )
+
+
+class RecurrentStream:
+    """Frame-by-frame RSHN inference that keeps the ConvGRU states for the caller (§2.5, notes §1.5).
+
+    Example (states reset at the start of every window, one tile batch)::
+
+        stream = RecurrentStream(model, step_fn=tf.function(model.step))
+        stream.reset(num_tiles, 256, 256)
+        for frame in window:                    # (num_tiles, 256, 256, 1)
+            outputs = stream(frame)             # list of (num_tiles, 256, 256, D)
+        saved = stream.get_states(); ...; stream.set_states(saved)
+    """
+
+    def __init__(
+        self,
+        model: RecurrentStackedHourglass,
+        step_fn: Optional[Callable[[Any, Any], tuple[list[Any], list[list[Any]]]]] = None,
+    ) -> None:
+        """Wrap ``model``; ``step_fn`` replaces ``model.step`` (e.g. ``tf.function(model.step)``)."""
+        self.model = model
+        self._step = step_fn or model.step
+        self._states: Optional[list[list[Any]]] = None
+
+    def reset(self, batch: int, height: int, width: int) -> None:
+        """Set all states to zero for frames of size (batch, height, width)."""
+        self._states = self.model.zero_states(batch, height, width)
+
+    def get_states(self) -> list[list[Any]]:
+        """The current states ``states[k][ℓ]``.
+
+        Raises:
+            RshnError: If neither :meth:`reset` nor :meth:`set_states` was called.
+        """
+        if self._states is None:
+            raise RshnError("RecurrentStream: no states yet; call reset(batch, height, width) first")
+        return [list(s) for s in self._states]
+
+    def set_states(self, states: Sequence[Sequence[Any]]) -> None:
+        """Replace the current states (e.g. with those saved for another tile)."""
+        self._states = [list(s) for s in states]
+
+    def __call__(self, frames: Any) -> list[Any]:
+        """Run one frame (B, H, W, C) and keep the new states; returns one (B, H, W, D) output per hourglass."""
+        outputs, self._states = self._step(frames, self.get_states())
+        return list(outputs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Builders
+
+
+def build_rshn(
+    *,
+    stacks: int = _DEFAULTS.stacks,
+    levels: int = _DEFAULTS.levels,
+    filters: int = _DEFAULTS.filters,
+    embedding_size: int = _DEFAULTS.embedding_size,
+    kernel_size: int = _DEFAULTS.kernel_size,
+    activation: str = _DEFAULTS.activation,
+    gru_activation: str = _DEFAULTS.gru_activation,
+    gate_init_scale: float = _DEFAULTS.gate_init_scale,
+    input_conv: bool = True,
+    output_kernel_size: int = _DEFAULTS.output_kernel_size,
+    normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
+    l2_factor: float = _DEFAULTS.l2_factor,
+    input_channels: int = IMAGE_CHANNELS,
+    unroll: bool = False,
+    name: str = "rshn",
+) -> RecurrentStackedHourglass:
+    """Build the recurrent stacked hourglass network; defaults are the paper's (4,136,608 parameters).
+
+    Args:
+        stacks: Stacked hourglasses (§2.1: 2).
+        levels: Levels per hourglass (§3.1: 7).
+        filters: Filters of every convolution and ConvGRU (§2.1: 64).
+        embedding_size: Embedding dimension D (§3.1: 16).
+        kernel_size: Kernel size of level convolutions and ConvGRUs (§2.1: 3).
+        activation: Activation of the convolutions (§3.1: ReLU).
+        gru_activation: Candidate activation of the ConvGRUs (§3.1: ReLU).
+        gate_init_scale: Variance-scaling factor of the gate kernels (code: 1.0; 0 = zeros as in MICCAI 2018).
+        input_conv: Per-hourglass 1×1 input convolution (code: yes).
+        output_kernel_size: Kernel size of the linear output convolution (code: 1).
+        normalization_epsilon: ε of the L2 normalisation between hourglasses (code: 1e-4).
+        l2_factor: λ of the weight decay λ·Σw²/2 on kernels (§3.1: 1e-5); ``sum(model.losses)`` is that term.
+        input_channels: Channels of the input frames (1).
+        unroll: Unroll the time loop in Python instead of a symbolic loop (needs a static T; slower tracing).
+        name: Model name (prefix of every variable path).
+    """
+    return RecurrentStackedHourglass(
+        stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
+        activation=activation, gru_activation=gru_activation, gate_init_scale=gate_init_scale, input_conv=input_conv,
+        output_kernel_size=output_kernel_size, normalization_epsilon=normalization_epsilon, l2_factor=l2_factor,
+        input_channels=input_channels, unroll=unroll, name=name,
+    )
+
+
+def build_shn(
+    *,
+    stacks: int = _DEFAULTS.stacks,
+    levels: int = _DEFAULTS.levels,
+    filters: int = _DEFAULTS.filters,
+    embedding_size: int = _DEFAULTS.embedding_size,
+    kernel_size: int = _DEFAULTS.kernel_size,
+    activation: str = _DEFAULTS.activation,
+    input_conv: bool = True,
+    output_kernel_size: int = _DEFAULTS.output_kernel_size,
+    normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
+    l2_factor: float = _DEFAULTS.l2_factor,
+    input_channels: int = IMAGE_CHANNELS,
+    name: str = "shn",
+) -> StackedHourglass:
+    """Build the non-recurrent stacked hourglass for still images (§5.1); arguments as in :func:`build_rshn`."""
+    return StackedHourglass(
+        stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
+        activation=activation, input_conv=input_conv, output_kernel_size=output_kernel_size,
+        normalization_epsilon=normalization_epsilon, l2_factor=l2_factor, input_channels=input_channels, name=name,
+    )
+
+
+def build_volumetric_shn(
+    *,
+    stacks: int = _DEFAULTS.stacks,
+    levels: int = _DEFAULTS.levels,
+    filters: int = _DEFAULTS.filters,
+    embedding_size: int = _DEFAULTS.embedding_size,
+    kernel_size: int = _DEFAULTS.kernel_size,
+    activation: str = _DEFAULTS.activation,
+    input_conv: bool = False,
+    output_kernel_size: int = _DEFAULTS.output_kernel_size,
+    normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
+    l2_factor: float = _DEFAULTS.l2_factor,
+    input_channels: int = IMAGE_CHANNELS,
+    name: str = "volumetric_shn",
+) -> VolumetricStackedHourglass:
+    """Build the volumetric stacked hourglass of Table 3 (§5.2): kernel_size³ convolutions, no input conv (code).
+
+    Arguments as in :func:`build_rshn`; ``kernel_size`` and ``output_kernel_size`` are cubed.
+    """
+    return VolumetricStackedHourglass(
+        stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
+        activation=activation, input_conv=input_conv, output_kernel_size=output_kernel_size,
+        normalization_epsilon=normalization_epsilon, l2_factor=l2_factor, input_channels=input_channels, name=name,
+    )
+
+
+def resolve_input_conv(model_config: ModelConfig) -> bool:
+    """``model.input_conv`` of the config, or the architecture's default when it is ``null``.
+
+    Defaults (authors' code): RSHN and SHN have the 1×1 input convolution (notes §1.2), the volumetric
+    network does not (notes §2.1).
+    """
+    if model_config.input_conv is not None:
+        return bool(model_config.input_conv)
+    return model_config.architecture != "volumetric"
+
+
+def build_model(
+    model_config: ModelConfig, *, input_channels: int = IMAGE_CHANNELS, unroll: bool = False
+) -> keras.Model:
+    """Build the network selected by ``model_config.architecture`` with every value from the config.
+
+    Args:
+        model_config: The ``model`` section of the configuration.
+        input_channels: Channels of the input frames.
+        unroll: RSHN only: unroll the time loop in Python (see :func:`build_rshn`).
+
+    Returns:
+        A built :class:`RecurrentStackedHourglass`, :class:`StackedHourglass` or
+        :class:`VolumetricStackedHourglass`.
+
+    Raises:
+        RshnError: For an unknown architecture.
+    """
+    common = dict(
+        stacks=model_config.stacks,
+        levels=model_config.levels,
+        filters=model_config.filters,
+        embedding_size=model_config.embedding_size,
+        kernel_size=model_config.kernel_size,
+        activation=model_config.activation,
+        input_conv=resolve_input_conv(model_config),
+        output_kernel_size=model_config.output_kernel_size,
+        normalization_epsilon=model_config.normalization_epsilon,
+        l2_factor=model_config.l2_factor,
+        input_channels=input_channels,
+    )
+    if model_config.architecture == "rshn":
+        return build_rshn(
+            **common, gru_activation=model_config.gru_activation, gate_init_scale=model_config.gate_init_scale,
+            unroll=unroll,
+        )
+    if model_config.architecture == "shn":
+        return build_shn(**common)
+    if model_config.architecture == "volumetric":
+        return build_volumetric_shn(**common)
+    raise RshnError(
+        f"model.architecture must be one of 'rshn', 'shn', 'volumetric', got {model_config.architecture!r}"
+    )
