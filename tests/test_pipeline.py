@@ -16,7 +16,7 @@ from data_io.targets import TARGET_KEYS, expand_targets
 from rshn_tf.cli import main
 from rshn_tf.config import load_config
 from rshn_tf.errors import RshnError
-from tests.cases import moving_disks, small_config, training_data, training_video
+from tests.cases import moving_disks, reference_neighbours, small_config, training_data, training_video
 
 
 @pytest.fixture(scope="module")
@@ -233,11 +233,60 @@ def test_fluo_hela_samples_take_a_subset_of_31_instances(ctc_dataset):
 # show-sample
 
 
-@pytest.mark.ctc
-def test_show_sample_cli_writes_pngs_npz_and_config(dic, ctc_dataset, tmp_path, capsys):
+SYNTHETIC_YAML = """\
+data:
+  tile_size: [64, 64]
+  sequence_length: 6
+  border_band: 8
+loss:
+  neighbour_radius: 20
+model:
+  levels: 3
+inference:
+  tile_overlap: 32
+"""
+
+
+@pytest.fixture(scope="module")
+def synthetic_config(tmp_path_factory, synthetic_dataset):
+    path = tmp_path_factory.mktemp("config") / "synthetic.yaml"
+    path.write_text(SYNTHETIC_YAML)
+    return path
+
+
+def test_synthetic_samples_obey_the_target_rules(synthetic_dataset, synthetic_config):
+    from data_io.augment import SpatialTransform
+
+    config = load_config(synthetic_config)
+    data = TrainingData.from_config(config, synthetic_dataset)
+    seen_background = 0
+    for index in range(6):
+        sample = make_sample(data, 1, index)
+        video = data.videos[[v.name for v in data.videos].index(sample.video)]
+        arrays = sample.arrays(31)
+        for t in range(6):  # ids are the source frame's TRA ids
+            assert set(np.unique(sample.labels[t])) <= set(np.unique(video.labels[sample.start + t]))
+        np.testing.assert_array_equal(sample.complete, video.complete[sample.start:sample.start + 6])
+        ids = sample.targets.instance_ids
+        assert ids.tolist() == sorted(set(np.unique(sample.labels)) - {0})
+        for slot, label in enumerate(ids):
+            np.testing.assert_array_equal(arrays["instance_masks"][slot], sample.labels == label)
+            expected = reference_neighbours(sample.labels, int(label), 20.0)
+            np.testing.assert_array_equal(arrays["neighbour_masks"][slot], np.isin(sample.labels, list(expected)))
+        background = arrays["background_mask"] | arrays["foreground_mask"]
+        assert not background[~sample.complete].any()
+        assert not np.any(background & ~arrays["valid_mask"])
+        np.testing.assert_array_equal(arrays["foreground_mask"], background & (sample.labels > 0))
+        coordinates = SpatialTransform(sample.params.spatial, (64, 64), (128, 128), (128, 128)).coordinates()
+        where = np.round(coordinates[background.any(axis=0)])
+        assert where.size == 0 or (where.min() >= 8 and where.max() <= 127 - 8)  # never in the border band
+        seen_background += int(background.any())
+    assert seen_background >= 2
+
+
+def test_show_sample_cli_writes_pngs_npz_and_config(synthetic_dataset, synthetic_config, tmp_path, capsys):
     out = tmp_path / "sample"
-    args = ["show-sample", "DIC-C2DH-HeLa", "--data", str(ctc_dataset("DIC-C2DH-HeLa")), "--out", str(out),
-            "--seed", "4", "--set", 'data.train_sequences=["01"]']
+    args = ["show-sample", str(synthetic_config), "--data", str(synthetic_dataset), "--out", str(out), "--seed", "4"]
     assert main(args) == 0
     assert str(out) in capsys.readouterr().out
     names = {path.name for path in out.iterdir()}
@@ -245,13 +294,13 @@ def test_show_sample_cli_writes_pngs_npz_and_config(dic, ctc_dataset, tmp_path, 
             "config.yaml"} <= names
     assert any(name.startswith("instance_") for name in names)
     config = load_config(out / "config.yaml")
-    assert config.data.train_sequences == ["01"] and config.loss.neighbour_radius == 50
-    assert config.data.dataset_dir == str(ctc_dataset("DIC-C2DH-HeLa"))
-    expected = make_sample(dic, 4, 0).arrays(31)  # the same configuration and data
+    assert config.data.dataset_dir == str(synthetic_dataset) and config.data.tile_size == [64, 64]
+    expected = make_sample(TrainingData.from_config(config), 4, 0).arrays(31)
     with np.load(out / "sample.npz") as saved:
         for key in ("frames",) + TARGET_KEYS:
             np.testing.assert_array_equal(saved[key], expected[key], err_msg=key)
-    assert json.loads((out / "sample.json").read_text())["video"].endswith("/01")
+        assert saved["instance_masks"].shape == (31, 6, 64, 64)
+    assert json.loads((out / "sample.json").read_text())["video"].startswith("Synthetic/")
     assert main(args) == 0  # an earlier output is replaced
     other = tmp_path / "other"
     other.mkdir()

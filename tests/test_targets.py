@@ -11,21 +11,7 @@ from data_io.targets import (build_targets, centroid_neighbours, centroids, code
                              select_instances)
 from rshn_tf.config import LossConfig
 from rshn_tf.errors import RshnError
-from tests.cases import moving_disks
-
-
-def _reference_neighbours(labels: np.ndarray, label: int, radius: float) -> set[int]:
-    """The paper's rule written out with plain loops in float64."""
-    t, y, x = np.nonzero(labels == label)
-    cy, cx = y.mean(), x.mean()
-    found = set()
-    for other in np.unique(labels):
-        if other in (0, label):
-            continue
-        _, oy, ox = np.nonzero(labels == other)
-        if np.any(np.hypot(oy - cy, ox - cx) < radius):
-            found.add(int(other))
-    return found
+from tests.cases import moving_disks, reference_neighbours
 
 
 @pytest.mark.parametrize("radius", [8.0, 20.0, 45.0])
@@ -35,7 +21,7 @@ def test_centroid_neighbours_match_a_loop_reference(radius):
     found = centroid_neighbours(labels, ids, radius)
     sizes = []
     for label, neighbours in zip(ids, found):
-        assert set(neighbours.tolist()) == _reference_neighbours(labels, int(label), radius)
+        assert set(neighbours.tolist()) == reference_neighbours(labels, int(label), radius)
         sizes.append(len(neighbours))
     assert max(sizes) > 0  # the case is not trivial
 
@@ -101,7 +87,7 @@ def test_dense_targets_obey_the_definitions():
         np.testing.assert_array_equal(dense["instance_masks"][slot], clipped == label)  # same id in every frame
         neighbour = dense["neighbour_masks"][slot]
         assert not np.any(neighbour & (clipped == label)) and not np.any(neighbour & (clipped == 0))
-        expected = _reference_neighbours(clipped, int(label), 25.0)
+        expected = reference_neighbours(clipped, int(label), 25.0)
         np.testing.assert_array_equal(neighbour, np.isin(clipped, list(expected)))
     assert not dense["instance_masks"][len(ids):].any() and not dense["neighbour_masks"][len(ids):].any()
     usable = annotated & valid
@@ -123,7 +109,7 @@ def test_neighbours_include_instances_left_out_of_the_subset():
     dense = expand_targets(targets, 5)
     for slot, label in enumerate(targets.instance_ids):
         neighbour_ids = set(np.unique(labels[dense["neighbour_masks"][slot]]).tolist())
-        assert neighbour_ids == _reference_neighbours(labels, int(label), 6.0)
+        assert neighbour_ids == reference_neighbours(labels, int(label), 6.0)
         assert len(neighbour_ids) >= 1
 
 
