@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/bench_data.py
     python benchmarks/bench_data.py --samples 60 --workers 1 2 --types thread process
+    python benchmarks/bench_data.py --synthetic --no-tf
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def timed(iterator, samples: int, warmup: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="DIC-C2DH-HeLa folder (default: the shared real data, else synthetic)")
+    parser.add_argument("--synthetic", action="store_true", help="use a synthetic dataset even if real data exists")
     parser.add_argument("--samples", type=int, default=40, help="timed samples per run")
     parser.add_argument("--warmup", type=int, default=4, help="untimed samples at the start of every run")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -70,7 +72,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    dataset_dir = find_dic(args.data)
+    dataset_dir = None if args.synthetic else find_dic(args.data)
     overrides = []
     tmp = None
     if dataset_dir is None:
