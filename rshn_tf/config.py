@@ -78,6 +78,10 @@ class DataConfig:
             complete SEG, the ones that feed the background term; §4.2 read with the background term in mind) or
             ``any`` frame with SEG ground truth (code: its id list repeats every SEG frame, notes §4.7).
         worker_type: ``thread`` or ``process``: how the ``num_workers`` sample workers run (same samples either way).
+        seg_sample_mode: ``paper``: a ``seg_sample_fraction`` of the windows contain a ``seg_sample_frames`` frame,
+            the others none (§4.2, "approximately every second mini-batch"). ``code``: the authors' id list, all
+            frames once plus the SEG frames repeated to make up that fraction of the anchors (notes §4.7); more
+            windows then contain a SEG frame (DIC-C2DH-HeLa: about 80 %).
     """
 
     dataset: str = "custom"
@@ -99,6 +103,7 @@ class DataConfig:
     prefetch: int = 4
     seg_sample_frames: Literal["complete", "any"] = "complete"
     worker_type: Literal["thread", "process"] = "thread"
+    seg_sample_mode: Literal["paper", "code"] = "paper"
 
 
 @dataclass

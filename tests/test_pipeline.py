@@ -57,22 +57,24 @@ def test_sample_arrays_have_the_loss_layout(tiny):
     assert not np.any(arrays["instance_masks"] & ~arrays["valid_mask"][None])
 
 
-def _uniform_window_rate(num_frames: list[int], complete: list[list[int]], length: int) -> float:
-    """P(window contains a complete frame) for a uniform anchor and position, enumerated with plain loops."""
+def _uniform_window_rate(num_frames: list[int], complete: list[list[int]], length: int, positions: range) -> float:
+    """P(window contains a complete frame) for a uniform anchor frame and position, enumerated with plain loops."""
     hits, total = 0, 0
     for frames, marked in zip(num_frames, complete):
         for anchor in range(frames):
-            for position in range(length):
+            for position in positions:
                 start = min(max(anchor - position, 0), frames - length)
                 hits += any(start <= t < start + length for t in marked)
                 total += 1
     return hits / total
 
 
+@pytest.mark.parametrize("mode", ["paper", "code"])
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
-def test_about_every_second_window_is_anchored_on_a_complete_seg_frame(fraction):
+def test_about_every_second_window_contains_a_complete_seg_frame(fraction, mode):
     config = small_config(length=8)
     config.data.seg_sample_fraction = fraction
+    config.data.seg_sample_mode = mode
     lengths, complete = [40, 30], [[5], [29]]
     videos = [training_video(np.zeros((n, 8, 8), np.uint16), complete=c) for n, c in zip(lengths, complete)]
     data = TrainingData(videos, config)
@@ -80,12 +82,25 @@ def test_about_every_second_window_is_anchored_on_a_complete_seg_frame(fraction)
     windows = [data.draw_window(rng) for _ in range(4000)]
     contains = [any(start <= t < start + 8 for t in complete[v]) for v, start in windows]
     assert all(0 <= start <= lengths[v] - 8 for v, start in windows)
-    uniform = _uniform_window_rate(lengths, complete, 8)
-    expected = fraction + (1.0 - fraction) * uniform
+    if mode == "paper":  # exactly the configured fraction
+        expected = fraction
+    else:  # the authors' list: anchors at positions 1..7; windows around plain frames may contain SEG frames too
+        expected = fraction + (1.0 - fraction) * _uniform_window_rate(lengths, complete, 8, range(1, 8))
     assert np.mean(contains) == pytest.approx(expected, abs=0.03)
-    counts = np.bincount([v for v, _ in windows], minlength=2)
-    if fraction == 0.0:  # uniform over all frames of both videos
-        assert counts[0] / 4000 == pytest.approx(40 / 70, abs=0.03)
+    if fraction == 0.0:
+        counts = np.bincount([v for v, _ in windows], minlength=2) / 4000
+        if mode == "paper":  # uniform over the windows without a complete frame: starts 6..32 and 0..21
+            assert counts[0] == pytest.approx(27 / 49, abs=0.02)
+        else:  # uniform over all frames of both videos
+            assert counts[0] == pytest.approx(40 / 70, abs=0.03)
+
+
+def test_every_window_may_contain_a_seg_frame():
+    config = small_config(length=4)
+    config.data.seg_sample_fraction = 0.0
+    video = training_video(np.zeros((6, 8, 8), np.uint16), complete=[3])  # every 4-frame window contains frame 3
+    windows = [TrainingData([video], config).draw_window(np.random.default_rng(i)) for i in range(100)]
+    assert {start for _, start in windows} == {0, 1, 2}
 
 
 def test_any_seg_frames_can_anchor_windows_instead():
@@ -193,9 +208,12 @@ def test_neutral_dic_sample_equals_test_time_preprocessing(dic, ctc_dataset):
 def test_augmented_dic_samples_keep_ids_and_respect_the_band(dic):
     from data_io.augment import SpatialTransform
 
-    video = dic.videos[0]
+    config = dataclasses.replace(dic.config, data=dataclasses.replace(dic.config.data, seg_sample_fraction=1.0))
+    data = TrainingData(dic.videos, config)  # every window contains a complete-SEG frame
+    video = data.videos[0]
     for index in range(3):
-        sample = make_sample(dic, 11, index)
+        sample = make_sample(data, 11, index)
+        assert sample.complete.any()
         arrays = sample.arrays(31)
         for t in range(8):
             assert set(np.unique(sample.labels[t])) <= set(np.unique(video.labels[sample.start + t]))
