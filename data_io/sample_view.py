@@ -179,5 +179,5 @@ def _replaceable(folder: Path) -> bool:
     if not folder.is_dir():
         return False
     names = {entry.name for entry in folder.iterdir()}
-    return not names or "sample.npz" in names and all(
-        name in _OUTPUT_NAMES or name.startswith("instance_") for name in names)
+    return not names or ("sample.npz" in names and all(
+        name in _OUTPUT_NAMES or name.startswith("instance_") for name in names))
