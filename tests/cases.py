@@ -11,11 +11,15 @@ tiles (x offsets 0 and 32), so the instance-across-a-tile-border case is meaning
 The embedding builders of the clustering tests (end of the file) produce oracle-like network outputs: every
 instance has one unit direction, background lies along e_b = (1, 0, …, 0), optionally plus Gaussian noise, and every
 pixel is L2-normalised.
+
+Training-data cases (moving disks, painted frames, in-memory training videos) import ``data_io.sampling`` only
+when called, so this module stays light.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -54,7 +58,7 @@ def disk_mask(shape: tuple[int, int], cy: float, cx: float, radius: float) -> np
     return (y - cy) ** 2 + (x - cx) ** 2 <= radius ** 2
 
 
-def paint(video: np.ndarray, t: int, label: int, cy: float, cx: float, radius: float) -> None:
+def paint_disk(video: np.ndarray, t: int, label: int, cy: float, cx: float, radius: float) -> None:
     """Draw a disk of ``label`` into frame ``t`` of ``video`` (in place)."""
     video[t][disk_mask(video.shape[1:], cy, cx, radius)] = label
 
@@ -66,7 +70,7 @@ def _tracks(*rows: tuple[int, int, int, int]) -> np.ndarray:
 def one_cell() -> Case:
     v = np.zeros((5,) + SHAPE, np.int32)
     for t in range(5):
-        paint(v, t, 1, 30, 20 + 2 * t, 7)
+        paint_disk(v, t, 1, 30, 20 + 2 * t, 7)
     return Case("one_cell", v, v.copy(), _tracks((1, 0, 4, 0)), note="a single moving cell is one track")
 
 
@@ -83,10 +87,10 @@ def division() -> Case:
     """Mother 1 in frames 0–11 (longer than t_merge, so the false-split repair cannot fire), daughters 2, 3 from 12."""
     v = np.zeros((15,) + SHAPE, np.int32)
     for t in range(12):
-        paint(v, t, 1, 32, 40, 8)
+        paint_disk(v, t, 1, 32, 40, 8)
     for t in range(12, 15):
-        paint(v, t, 2, 32, 33 - (t - 12), 6)
-        paint(v, t, 3, 32, 47 + (t - 12), 6)
+        paint_disk(v, t, 2, 32, 33 - (t - 12), 6)
+        paint_disk(v, t, 3, 32, 47 + (t - 12), 6)
     return Case("division", v, v.copy(), _tracks((1, 0, 11, 0), (2, 12, 14, 1), (3, 12, 14, 1)),
                 note="a mitosis gives two children with the mother as parent")
 
@@ -97,10 +101,10 @@ def early_division() -> Case:
     lineage-consistency split must restore mother → two daughters; the paper's rule leaves the mother alone."""
     v = np.zeros((6,) + SHAPE, np.int32)
     for t in range(3):
-        paint(v, t, 1, 32, 48, 8)
+        paint_disk(v, t, 1, 32, 48, 8)
     for t in range(3, 6):
-        paint(v, t, 2, 32, 41 - (t - 3), 6)
-        paint(v, t, 3, 32, 55 + (t - 3), 6)
+        paint_disk(v, t, 2, 32, 41 - (t - 3), 6)
+        paint_disk(v, t, 3, 32, 55 + (t - 3), 6)
     return Case("early_division", v, v.copy(), _tracks((1, 0, 2, 0), (2, 3, 5, 1), (3, 3, 5, 1)),
                 note="a division within t_merge frames of the video start keeps its lineage")
 
@@ -110,14 +114,14 @@ def false_split() -> Case:
     v = np.zeros((8,) + SHAPE, np.int32)
     e = np.zeros_like(v)
     for t in range(8):
-        paint(v, t, 1, 32, 30 + t, 9)
-        paint(e, t, 1, 32, 30 + t, 9)
+        paint_disk(v, t, 1, 32, 30 + t, 9)
+        paint_disk(e, t, 1, 32, 30 + t, 9)
         if t in (3, 4):
             right = v[t] == 1
             right[:, :30 + t] = False
             v[t][right] = 5
-        paint(v, t, 2, 32, 75, 6)  # a bystander that must stay untouched
-        paint(e, t, 2, 32, 75, 6)
+        paint_disk(v, t, 2, 32, 75, 6)  # a bystander that must stay untouched
+        paint_disk(e, t, 2, 32, 75, 6)
     return Case("false_split", v, e, _tracks((1, 0, 7, 0), (2, 0, 7, 0)),
                 note="a split that re-merges within t_merge frames is undone (t_merge)")
 
@@ -130,13 +134,13 @@ def enter_leave() -> Case:
     e = np.zeros_like(v)
     W = SHAPE[1]
     for t in range(8):
-        paint(v, t, 1, 32, 48, 7)
+        paint_disk(v, t, 1, 32, 48, 7)
     # cell 2: centre x = -4 (sliver x <= 2, inside the band), then -1, 4, 9, ... from frame 2 on
     for t in range(2, 8):
-        paint(v, t, 2, 16, -4 + 5 * (t - 2), 6)
+        paint_disk(v, t, 2, 16, -4 + 5 * (t - 2), 6)
     # cell 3: centre x = W - 10 + 3t; in its last visible frame (4) only x >= W - 4 (inside the band) is left
     for t in range(0, 5):
-        paint(v, t, 3, 48, W - 10 + 3 * t, 6)
+        paint_disk(v, t, 3, 48, W - 10 + 3 * t, 6)
     e[:] = v
     e[2][e[2] == 2] = 0  # sliver of cell 2 in frame 2 lies wholly inside the band
     e[4][e[4] == 3] = 0  # sliver of cell 3 in frame 4 likewise
@@ -148,8 +152,8 @@ def tile_border() -> Case:
     """Cells crossing the inner tile edges x = 32 and x = 63 of the two-tile grid while moving right."""
     v = np.zeros((6,) + SHAPE, np.int32)
     for t in range(6):
-        paint(v, t, 1, 20, 26 + 3 * t, 6)   # crosses x = 32 (left edge of tile 1)
-        paint(v, t, 2, 44, 55 + 3 * t, 6)   # crosses x = 63 (right edge of tile 0)
+        paint_disk(v, t, 1, 20, 26 + 3 * t, 6)   # crosses x = 32 (left edge of tile 1)
+        paint_disk(v, t, 2, 44, 55 + 3 * t, 6)   # crosses x = 63 (right edge of tile 0)
     return Case("tile_border", v, v.copy(), _tracks((1, 0, 5, 0), (2, 0, 5, 0)),
                 note="instances cut by an inner tile border are taken from the other tile")
 
@@ -158,7 +162,7 @@ def speckle() -> Case:
     """A 2 × 2 speckle in frame 3 only: a parent-less track shorter than t_length = 2 is removed."""
     v = np.zeros((6,) + SHAPE, np.int32)
     for t in range(6):
-        paint(v, t, 1, 32, 30, 7)
+        paint_disk(v, t, 1, 32, 30, 7)
     v[3, 5:7, 85:87] = 9
     e = v.copy()
     e[e == 9] = 0
@@ -479,3 +483,78 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training-data cases (data_io.sampling)
+
+
+def moving_disks(num_frames: int = 10, shape: Sequence[int] = (96, 128), num_cells: int = 6, radius: int = 9,
+                 seed: int = 0) -> np.ndarray:
+    """Labels (T, H, W) uint16 of ``num_cells`` disks (ids 2, 4, 6, …) drifting by about a pixel per frame."""
+    rng = np.random.default_rng(seed)
+    height, width = shape
+    yy, xx = np.mgrid[:height, :width]
+    centres = np.stack([rng.uniform(radius + 2, height - radius - 2, num_cells),
+                        rng.uniform(radius + 2, width - radius - 2, num_cells)], axis=1)
+    velocity = rng.uniform(-1.0, 1.0, size=(num_cells, 2))
+    labels = np.zeros((num_frames, height, width), dtype=np.uint16)
+    for t in range(num_frames):
+        for cell in range(num_cells):
+            cy, cx = centres[cell] + t * velocity[cell]
+            labels[t][(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = 2 * (cell + 1)
+    return labels
+
+
+def paint(labels: np.ndarray) -> np.ndarray:
+    """An intensity image where every label has its own value (0.01 · id − 0.5); float32."""
+    return (np.asarray(labels, np.float32) * 0.01 - 0.5).astype(np.float32)
+
+
+def training_video(labels: np.ndarray, frames: Optional[np.ndarray] = None, complete: Sequence[int] = (),
+                   band: int = 0, name: str = "case/01"):
+    """A ``data_io.sampling.TrainingVideo`` from arrays (frames default to :func:`paint`; ``complete``: the
+    complete-SEG frames; ``band``: border band in pixels)."""
+    from data_io.sampling import TrainingVideo
+
+    labels = np.asarray(labels, np.uint16)
+    flags = np.zeros(labels.shape[0], dtype=bool)
+    flags[list(complete)] = True
+    region = np.ones(labels.shape[1:], dtype=np.uint8)
+    region[band:labels.shape[1] - band, band:labels.shape[2] - band] = 2
+    return TrainingVideo(name=name, frames=paint(labels) if frames is None else np.asarray(frames, np.float32),
+                         frame_origin=(0.0, 0.0), labels=labels, complete=flags, seg=flags.copy(), region=region)
+
+
+def small_config(tile: int = 64, length: int = 4):
+    """Paper defaults (``rshn_tf.config.Config``) with a small tile and window (model.levels lowered so the tile
+    size is valid)."""
+    from rshn_tf.config import Config
+
+    config = Config()
+    config.model.levels = 3
+    config.data.tile_size = [tile, tile]
+    config.data.sequence_length = length
+    return config
+
+
+def training_data(videos: Sequence, config=None):
+    """``data_io.sampling.TrainingData`` over in-memory videos (default config: :func:`small_config`)."""
+    from data_io.sampling import TrainingData
+
+    return TrainingData(list(videos), config if config is not None else small_config())
+
+
+def reference_neighbours(labels: np.ndarray, label: int, radius: float) -> set[int]:
+    """The paper's neighbour rule (§2.2) written out with plain loops in float64: every other label with a pixel, in
+    any frame, closer than ``radius`` to the centre of gravity of ``label`` over all frames of ``labels``."""
+    _, y, x = np.nonzero(labels == label)
+    cy, cx = y.mean(), x.mean()
+    found = set()
+    for other in np.unique(labels):
+        if other in (0, label):
+            continue
+        _, oy, ox = np.nonzero(labels == other)
+        if np.any(np.hypot(oy - cy, ox - cx) < radius):
+            found.add(int(other))
+    return found

@@ -73,7 +73,6 @@ def test_module_entry_point():
 NOT_YET = {
     "train": ["train", "DIC-C2DH-HeLa"],
     "predict": ["predict", "--model", "m", "--input", "i", "--output", "o"],
-    "show-sample": ["show-sample", "DIC-C2DH-HeLa", "--data", "d", "--out", "o"],
     "experiment": ["experiment", "DIC-C2DH-HeLa"],
     "table3": ["table3", "--data", "d"],
     "package": ["package", "--check", "s"],

@@ -90,9 +90,9 @@ def test_short_track_with_parent_is_kept():
     # mother 0..3 divides in the last frame: both daughters live one frame but have a parent
     v = np.zeros((5,) + cases.SHAPE, np.int32)
     for t in range(4):
-        cases.paint(v, t, 1, 32, 40, 8)
-    cases.paint(v, 4, 2, 32, 34, 6)
-    cases.paint(v, 4, 3, 32, 46, 6)
+        cases.paint_disk(v, t, 1, 32, 40, 8)
+    cases.paint_disk(v, 4, 2, 32, 34, 6)
+    cases.paint_disk(v, 4, 3, 32, 46, 6)
     labels, tracks = run_tracking(v)
     got = cases.canonical(labels, tracks)[1]
     np.testing.assert_array_equal(got, [[1, 0, 3, 0], [2, 4, 4, 1], [3, 4, 4, 1]])
@@ -210,9 +210,9 @@ def test_first_frame_repair_is_the_codes_option_only():
     # (it never split off B); the code's rule relabels the short frame-0 track A to B, merging both masks.
     v = np.zeros((8, 40, 64), np.int32)
     for t in range(8):
-        cases.paint(v, t, 2, 20, 40, 8)
+        cases.paint_disk(v, t, 2, 20, 40, 8)
     for t, x in enumerate((15, 19, 23, 27)):
-        cases.paint(v, t, 1, 20, x, 6)
+        cases.paint_disk(v, t, 1, 20, x, 6)
     labels, tracks = run_tracking(v)
     np.testing.assert_array_equal(cases.canonical(labels, tracks)[1], [[1, 0, 7, 0], [2, 0, 3, 0]])  # B is raster-first
     labels, tracks = run_tracking(v, merge_first_frame_tracks=True)
