@@ -71,7 +71,6 @@ def test_module_entry_point():
 
 # Verbs whose machinery arrives with later issues; each later issue removes its verbs from this list.
 NOT_YET = {
-    "train": ["train", "DIC-C2DH-HeLa"],
     "predict": ["predict", "--model", "m", "--input", "i", "--output", "o"],
     "postprocess": ["postprocess", "e", "o", "--config", "DIC-C2DH-HeLa", "--original-shape", "8", "8"],
     "evaluate": ["evaluate", "r", "g"],

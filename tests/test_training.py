@@ -1,0 +1,497 @@
+"""Tests of rshn_tf.training and rshn_tf.model_folder: schedule, optimisers, the loop, resume, signals, weights,
+tf.distribute.
+
+The loop runs on hand-made samples (moving textured disks; every sample a function of (seed, index)) with a small
+CPU network (3 levels, 8 filters, 8-d embeddings, 32 × 32 tiles, 3 frames), so the file needs no training data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rshn_tf.config import Config, load_config, validate
+from rshn_tf.errors import RshnError
+from rshn_tf.losses import total_loss
+from rshn_tf.model_folder import ModelFolder, load_trained_model
+from rshn_tf.models import build_model
+from rshn_tf.training import (
+    NesterovAdam,
+    StopRequest,
+    build_optimizer,
+    build_strategy,
+    check_resume_config,
+    learning_rate_schedule,
+    read_loss_log,
+    train,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOSS_COLUMNS = ("total", "regularization", "hourglass_0/loss", "hourglass_1/loss", "hourglass_0/background",
+                "hourglass_1/instances")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hand-made training data
+
+
+def small_config(**training: object) -> Config:
+    """The small CPU configuration of these tests; ``training`` overrides keys of the training section."""
+    config = Config()
+    config.data.tile_size = [32, 32]
+    config.data.sequence_length = 3
+    config.inference.tile_overlap = 16
+    config.model.levels = 3
+    config.model.filters = 8
+    config.model.embedding_size = 8
+    config.loss.max_instances = 4
+    config.training.iterations = 12
+    config.training.checkpoint_every = 4
+    config.training.log_every = 2
+    config.training.image_every = 4
+    config.training.seed = 3
+    for key, value in training.items():
+        setattr(config.training, key, value)
+    validate(config)
+    return config
+
+
+def disk_sample(seed: int, index: int, config: Config) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Sample ``index`` of stream ``seed``: 2–3 textured disks moving over the frames, noise, full targets.
+
+    Every instance's neighbours are all other instances; background and foreground cover every frame.
+    """
+    rng = np.random.default_rng([seed, index])
+    frames_count = config.data.sequence_length
+    height, width = config.data.tile_size
+    max_instances = config.loss.max_instances
+    count = int(rng.integers(2, 4))
+    yy, xx = np.mgrid[:height, :width]
+    labels = np.zeros((frames_count, height, width), np.int32)
+    image = rng.normal(0.0, 0.15, size=labels.shape)
+    for k in range(count):
+        centre = rng.uniform(8, height - 8, size=2)
+        velocity = rng.uniform(-1.5, 1.5, size=2)
+        radius = rng.uniform(4.5, 7.5)
+        brightness = rng.uniform(0.6, 1.4)
+        for t in range(frames_count):
+            cy, cx = centre + t * velocity
+            disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+            labels[t][disk] = k + 1
+            image[t][disk] += brightness
+    instances = np.stack([labels == k + 1 for k in range(max_instances)])
+    neighbours = np.stack([(labels > 0) & (labels != k + 1) if k < count else np.zeros_like(labels, bool)
+                           for k in range(max_instances)])
+    targets = dict(instance_masks=instances, neighbour_masks=neighbours, background_mask=labels == 0,
+                   foreground_mask=labels > 0, valid_mask=np.ones(labels.shape, bool))
+    return image[..., None].astype(np.float32), targets
+
+
+def disk_dataset_fn(config: Config, bank: int = 8, interrupt_at_sample: int | None = None):
+    """A dataset function over ``bank`` distinct disk samples (sample i = bank[i % bank]); optionally sends
+    SIGINT to this process when sample ``interrupt_at_sample`` is produced (a Ctrl-C in the middle of training)."""
+    samples = [disk_sample(config.training.seed, i, config) for i in range(bank)]
+    frames = tf.constant(np.stack([s[0] for s in samples]))
+    targets = {key: tf.constant(np.stack([s[1][key] for s in samples])) for key in samples[0][1]}
+
+    def interrupt(index):
+        if int(index) == interrupt_at_sample:
+            os.kill(os.getpid(), signal.SIGINT)
+        return index
+
+    def dataset_fn(first_sample: int, batch_size: int) -> tf.data.Dataset:
+        indices = tf.data.Dataset.range(first_sample, first_sample + 10**9)
+        if interrupt_at_sample is not None:
+            indices = indices.map(lambda i: tf.py_function(interrupt, [i], tf.int64))
+        dataset = indices.map(lambda i: (tf.gather(frames, i % bank),
+                                         {key: tf.gather(value, i % bank) for key, value in targets.items()}))
+        return dataset.batch(batch_size, drop_remainder=True)
+
+    return dataset_fn
+
+
+def disk_validation_fn(config: Config, count: int = 4):
+    """Validation batches: samples of another seed, the same at every call."""
+    samples = [disk_sample(config.training.seed + 100, i, config) for i in range(count)]
+
+    def validation_fn(batch_size: int) -> tf.data.Dataset:
+        frames = np.stack([s[0] for s in samples])
+        targets = {key: np.stack([s[1][key] for s in samples]) for key in samples[0][1]}
+        return tf.data.Dataset.from_tensor_slices((frames, targets)).batch(batch_size, drop_remainder=True)
+
+    return validation_fn
+
+
+def losses_of(model_dir: Path) -> dict[str, np.ndarray]:
+    return read_loss_log(ModelFolder(model_dir).losses_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schedule and optimisers
+
+
+@pytest.mark.parametrize("iterations, drop", [(60000, 30000), (40000, 20000), (7, 4)])
+def test_learning_rate_drops_after_the_configured_fraction_of_iterations(iterations, drop):
+    config = Config()
+    config.training.iterations = iterations
+    schedule = learning_rate_schedule(config.training)
+    for step, expected in [(0, 1e-4), (drop - 1, 1e-4), (drop, 1e-5), (iterations - 1, 1e-5)]:
+        assert schedule.value(step) == expected
+        assert float(schedule(tf.constant(step, tf.int64))) == pytest.approx(expected, rel=1e-6)
+
+
+def numpy_tf1_adam(gradients, start, lr_of_step, epsilon, nesterov, beta1=0.9, beta2=0.999):
+    """TF1 ApplyAdam (training_ops.cc) in float64: the paper's Adam and, with nesterov, the code's Nadam."""
+    var = np.array(start, np.float64)
+    m = np.zeros_like(var)
+    v = np.zeros_like(var)
+    for t, g in enumerate(gradients, start=1):
+        alpha = lr_of_step(t - 1) * np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+        m += (g - m) * (1 - beta1)
+        v += (g * g - v) * (1 - beta2)
+        direction = (g * (1 - beta1) + beta1 * m) if nesterov else m
+        var -= direction * alpha / (np.sqrt(v) + epsilon)
+    return var
+
+
+@pytest.mark.parametrize("name", ["adam", "nadam"])
+def test_optimizers_follow_the_tf1_update_rules_and_the_schedule(name):
+    config = Config()
+    config.training.optimizer = name
+    config.training.iterations = 6
+    config.training.learning_rate = 1e-2
+    config.training.learning_rate_final = 1e-3
+    config.training.adam_epsilon = 1e-3  # large enough that a wrong epsilon placement shows
+    optimizer = build_optimizer(config.training)
+    assert isinstance(optimizer, NesterovAdam) == (name == "nadam")
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=5)
+    gradients = rng.normal(size=(6, 5))
+    variable = keras.Variable(start.astype(np.float32))
+    for g in gradients:
+        optimizer.apply_gradients([(tf.constant(g, tf.float32), variable)])
+    schedule = learning_rate_schedule(config.training)
+    expected = numpy_tf1_adam(gradients, start, schedule.value, 1e-3, nesterov=name == "nadam")
+    np.testing.assert_allclose(np.asarray(variable), expected, rtol=1e-5, atol=1e-7)
+    other = numpy_tf1_adam(gradients, start, schedule.value, 1e-3, nesterov=name != "nadam")
+    assert np.max(np.abs(other - expected)) > 1e-3  # the two rules are distinguishable with these numbers
+
+
+def test_default_strategy_is_one_replica_and_strategy_names_are_validated(tmp_path):
+    assert build_strategy(Config().training).num_replicas_in_sync == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  strategy: horovod\n")
+    with pytest.raises(RshnError, match="training.strategy"):
+        load_config(bad)
+    bad.write_text("training:\n  batch_size: 2\n  validation_samples: 3\n")
+    with pytest.raises(RshnError, match="training.validation_samples"):
+        load_config(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One uninterrupted 12-iteration run; (config, model folder, result)."""
+    config = small_config()
+    model_dir = tmp_path_factory.mktemp("uninterrupted") / "model"
+    result = train(config, model_dir, dataset_fn=disk_dataset_fn(config), progress=False)
+    return config, model_dir, result
+
+
+def test_a_run_writes_the_whole_model_folder(uninterrupted):
+    config, model_dir, result = uninterrupted
+    assert result.finished and not result.interrupted and result.step == 12
+    folder = ModelFolder(model_dir)
+    assert folder.read_config().to_dict() == config.to_dict()
+    state = folder.read_state()
+    assert state["step"] == 12 and state["finished"] and not state["interrupted"]
+    assert folder.weights_path("best").is_file() and folder.weights_path("last").is_file()
+    # max_checkpoints defaults to 3: steps 4, 8, 12
+    assert sorted(p.name for p in folder.checkpoint_dir.glob("ckpt-*.index")) == \
+        ["ckpt-12.index", "ckpt-4.index", "ckpt-8.index"]
+    losses = losses_of(model_dir)
+    np.testing.assert_array_equal(losses["step"], np.arange(1, 13))
+    # iterations 12, drop fraction 0.5: updates 0..5 (steps 1..6) at 1e-4, then 1e-5
+    np.testing.assert_allclose(losses["learning_rate"], [1e-4] * 6 + [1e-5] * 6)
+    np.testing.assert_allclose(losses["total"], losses["hourglass_0/loss"] + losses["hourglass_1/loss"]
+                               + losses["regularization"], rtol=1e-5)
+    assert list(folder.log_dir.glob("events.out.tfevents.*"))
+
+
+def read_events(log_dir: Path) -> dict[str, list[tuple[int, np.ndarray, str]]]:
+    """tag -> [(step, value, plugin name)] from the TensorBoard event files of ``log_dir`` (TensorFlow only)."""
+    events: dict[str, list] = {}
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                events.setdefault(value.tag, []).append(
+                    (event.step, tf.make_ndarray(value.tensor), value.metadata.plugin_data.plugin_name))
+    return events
+
+
+def test_tensorboard_holds_every_loss_term_speed_and_embedding_images(uninterrupted):
+    _, model_dir, _ = uninterrupted
+    events = read_events(ModelFolder(model_dir).log_dir)
+    for key in ("loss/total", "loss/regularization", "loss/hourglass_1/background", "loss/hourglass_0/instances",
+                "learning_rate", "speed/iterations_per_second", "speed/samples_per_second",
+                "speed/input_wait_fraction"):
+        assert [step for step, _, _ in events[key]] == [2, 4, 6, 8, 10, 12], key
+        assert {plugin for _, _, plugin in events[key]} == {"scalars"}
+    # the logged value is the mean over the interval (steps 1 and 2)
+    assert float(events["loss/total"][0][1]) == pytest.approx(float(np.mean(losses_of(model_dir)["total"][:2])),
+                                                             rel=1e-5)
+    assert [float(v) for _, v, _ in events["learning_rate"]] == pytest.approx([1e-4, 1e-4, 1e-4, 1e-5, 1e-5, 1e-5])
+    for tag, channels in (("embeddings/dims_0-2_rgb", 3), ("input/frames", 1)):
+        assert [step for step, _, _ in events[tag]] == [4, 8, 12]
+        step, blobs, plugin = events[tag][0]
+        assert plugin == "images" and [int(b) for b in blobs[:2]] == [32, 32]
+        pngs = [tf.io.decode_png(blob).numpy() for blob in blobs[2:]]
+        assert len(pngs) == 3 and all(png.shape == (32, 32, channels) for png in pngs)  # one per frame
+    rgb = np.stack([tf.io.decode_png(blob).numpy() for blob in events["embeddings/dims_0-2_rgb"][-1][1][2:]])
+    assert rgb.std() > 0  # the embeddings are not constant
+
+
+def test_killed_and_resumed_run_reproduces_the_uninterrupted_loss_curve(uninterrupted, tmp_path):
+    config, reference_dir, reference_result = uninterrupted
+    model_dir = tmp_path / "model"
+    # Ctrl-C while sample 6 is produced: the loop finishes the current iteration, saves and returns.
+    first = train(config, model_dir, dataset_fn=disk_dataset_fn(config, interrupt_at_sample=6), progress=False)
+    assert first.interrupted and first.signal_name == "SIGINT" and not first.finished
+    assert 1 <= first.step < 12
+    folder = ModelFolder(model_dir)
+    state = folder.read_state()
+    assert state["interrupted"] and state["step"] == first.step
+    assert (folder.checkpoint_dir / f"ckpt-{first.step}.index").is_file()
+    assert len(losses_of(model_dir)["step"]) == first.step
+    # a run killed hard (SIGKILL) also leaves rows after its last checkpoint: resuming must replace them
+    columns = len(losses_of(model_dir))
+    with open(folder.losses_path, "a", encoding="utf-8") as handle:
+        handle.write(",".join([str(first.step + 1)] + ["9.0"] * (columns - 1)) + "\n")
+
+    second = train(config, model_dir, resume=True, dataset_fn=disk_dataset_fn(config), progress=False)
+    assert second.finished and second.step == 12
+    assert second.best_step == reference_result.best_step
+    assert second.best_loss == pytest.approx(reference_result.best_loss, rel=1e-6)
+    resumed, reference = losses_of(model_dir), losses_of(reference_dir)
+    np.testing.assert_array_equal(resumed["step"], np.arange(1, 13))
+    np.testing.assert_array_equal(resumed["learning_rate"], reference["learning_rate"])
+    for column in LOSS_COLUMNS:
+        np.testing.assert_allclose(resumed[column], reference[column], rtol=1e-6, atol=1e-7, err_msg=column)
+    final, _ = load_trained_model(model_dir, "last")
+    expected, _ = load_trained_model(reference_dir, "last")
+    for a, b in zip(final.weights, expected.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_best_weights_follow_the_mean_training_loss_of_each_checkpoint_interval(uninterrupted):
+    _, model_dir, result = uninterrupted
+    losses = losses_of(model_dir)
+    data_loss = losses["total"] - losses["regularization"]
+    interval_means = data_loss.reshape(3, 4).mean(axis=1)  # checkpoints at 4, 8, 12
+    assert result.best_step == 4 * (int(np.argmin(interval_means)) + 1)
+    assert result.best_loss == pytest.approx(float(interval_means.min()), rel=1e-6)
+
+
+def test_validation_picks_the_best_weights_and_they_reload_with_that_loss(tmp_path):
+    config = small_config(iterations=9, validation_every=3, learning_rate=3e-3, learning_rate_final=3e-3)
+    validation_fn = disk_validation_fn(config)
+    result = train(config, tmp_path / "model", dataset_fn=disk_dataset_fn(config), validation_fn=validation_fn,
+                   progress=False)
+    validation = read_loss_log(ModelFolder(tmp_path / "model").validation_path)
+    np.testing.assert_array_equal(validation["step"], [3, 6, 9])
+    assert result.best_step == int(validation["step"][np.argmin(validation["validation_loss"])])
+    model, loaded_config = load_trained_model(tmp_path / "model", "best")
+    batch = next(iter(validation_fn(config.training.batch_size * 4)))
+    recomputed, _ = total_loss(model(batch[0]), batch[1], [], loaded_config.loss)
+    assert float(recomputed) == pytest.approx(float(validation["validation_loss"].min()), rel=1e-5)
+
+
+def test_loss_falls_clearly_on_moving_disks(tmp_path):
+    config = small_config(iterations=80, learning_rate=2e-3, learning_rate_final=2e-3, checkpoint_every=80,
+                          log_every=40, image_every=0)
+    train(config, tmp_path / "model", dataset_fn=disk_dataset_fn(config, bank=16), progress=False)
+    total = losses_of(tmp_path / "model")["total"]
+    first, last = total[:10].mean(), total[-10:].mean()
+    assert last < 0.7 * first, (first, last)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folder rules and errors
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_needs_a_run(uninterrupted, tmp_path):
+    config, model_dir, _ = uninterrupted
+    with pytest.raises(RshnError, match="already holds a training run; continue it with --resume"):
+        train(config, model_dir, dataset_fn=disk_dataset_fn(config), progress=False)
+    with pytest.raises(RshnError, match="config.yaml not found"):
+        train(config, tmp_path / "nothing", resume=True, dataset_fn=disk_dataset_fn(config), progress=False)
+
+
+def test_resume_refuses_a_config_that_changes_the_run(uninterrupted):
+    config, model_dir, _ = uninterrupted
+    changed = small_config(learning_rate=5e-4, log_every=7)
+    changed.model.filters = 16
+    assert check_resume_config(config, changed, "x") == ["model.filters", "training.learning_rate"]
+    with pytest.raises(RshnError, match=r"model.filters: 8 -> 16; training.learning_rate: 0.0001 -> 0.0005"):
+        train(changed, model_dir, resume=True, dataset_fn=disk_dataset_fn(config), progress=False)
+
+
+def test_resuming_a_finished_run_does_nothing(uninterrupted):
+    config, model_dir, _ = uninterrupted
+    before = losses_of(model_dir)["total"].copy()
+    result = train(config, model_dir, resume=True, dataset_fn=disk_dataset_fn(config), progress=False)
+    assert result.finished and result.step == 12
+    np.testing.assert_array_equal(losses_of(model_dir)["total"], before)
+
+
+def test_load_trained_model_rebuilds_the_network_and_reports_problems(uninterrupted, tmp_path):
+    config, model_dir, _ = uninterrupted
+    model, loaded = load_trained_model(model_dir)
+    assert loaded.model == config.model and model.levels == 3 and model.embedding_size == 8
+    with pytest.raises(RshnError, match="does not exist"):
+        load_trained_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RshnError, match="config.yaml: missing"):
+        load_trained_model(tmp_path / "empty")
+    folder = ModelFolder(tmp_path / "partial")
+    folder.write_config(config)
+    with pytest.raises(RshnError, match="best weights of model folder .* the run exported no weights yet"):
+        load_trained_model(folder.root)
+    other = small_config()
+    other.model.levels = 2  # fewer layers: Keras alone would load a subset silently
+    other_folder = ModelFolder(tmp_path / "other")
+    other_folder.write_config(other)
+    with pytest.raises(RshnError, match="do not belong to a network built from this config"):
+        load_trained_model(other_folder.root, str(ModelFolder(model_dir).weights_path("best")))
+    with pytest.raises(RshnError, match="weights must be one of best, last"):
+        ModelFolder(model_dir).weights_path("first")
+
+
+def test_stop_request_turns_signals_into_a_flag_and_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signal_number == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Subprocesses: SIGTERM and tf.distribute (logical devices must be set before TensorFlow initialises)
+
+
+def run_python(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_process_exits_cleanly(tmp_path):
+    model_dir = tmp_path / "model"
+    code = f"""
+        import sys, time
+        import tensorflow as tf
+        from tests.test_training import small_config, disk_dataset_fn
+        from rshn_tf.training import train
+        config = small_config(iterations=100000, checkpoint_every=5)
+        inner = disk_dataset_fn(config)
+        def slow(first, batch):  # about 20 iterations per second at most
+            return inner(first, batch).map(lambda f, t: (tf.numpy_function(
+                lambda x: (time.sleep(0.05), x)[1], [f], tf.float32, stateful=True), t))
+        result = train(config, {str(model_dir)!r}, dataset_fn=slow, progress=False)
+        print("RESULT", result.step, result.interrupted, result.signal_name)
+        sys.exit(0 if result.interrupted else 1)
+    """
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first_checkpoint = model_dir / "checkpoints" / "ckpt-5.index"
+    try:
+        for _ in range(1200):
+            if first_checkpoint.is_file() or process.poll() is not None:
+                break
+            import time
+
+            time.sleep(0.1)
+        assert first_checkpoint.is_file(), process.communicate()[1][-3000:]
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-3000:]
+    _, step, interrupted, name = out.split("RESULT")[1].split()
+    step = int(step)
+    assert interrupted == "True" and name == "SIGTERM" and step >= 5
+    folder = ModelFolder(model_dir)
+    assert (folder.checkpoint_dir / f"ckpt-{step}.index").is_file()
+    assert folder.read_state()["step"] == step and folder.read_state()["interrupted"]
+    assert len(losses_of(model_dir)["step"]) == step
+    assert folder.weights_path("last").is_file()
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp_path):
+    code = f"""
+        import json
+        import numpy as np
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras
+        from tests.test_training import small_config, disk_sample, disk_dataset_fn
+        from rshn_tf.models import build_model
+        from rshn_tf.training import build_strategy, build_optimizer, make_train_step, read_loss_log, train
+
+        def one_step(strategy_name):
+            config = small_config(strategy=strategy_name, batch_size=2)
+            strategy = build_strategy(config.training)
+            keras.utils.set_random_seed(0)
+            with strategy.scope():
+                model = build_model(config.model)
+                optimizer = build_optimizer(config.training)
+                optimizer.build(model.trainable_variables)
+            samples = [disk_sample(1, i, config) for i in range(2)]
+            batch = (np.stack([s[0] for s in samples]), {{k: np.stack([s[1][k] for s in samples])
+                                                          for k in samples[0][1]}})
+            dataset = tf.data.Dataset.from_tensors(batch)
+            distributed = next(iter(strategy.experimental_distribute_dataset(dataset)))
+            terms = make_train_step(model, optimizer, strategy, config)(distributed)
+            return strategy.num_replicas_in_sync, {{k: float(v) for k, v in terms.items()}}, \\
+                [np.asarray(w) for w in model.weights]
+
+        replicas_m, terms_m, weights_m = one_step("mirrored")
+        replicas_d, terms_d, weights_d = one_step("default")
+        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights_m, weights_d))
+        curves = {{}}
+        for name in ("mirrored", "default"):
+            config = small_config(strategy=name, batch_size=2, iterations=4)
+            train(config, {str(tmp_path)!r} + "/" + name, dataset_fn=disk_dataset_fn(config), progress=False)
+            curves[name] = read_loss_log({str(tmp_path)!r} + "/" + name + "/logs/losses.csv")["total"].tolist()
+        print("RESULT" + json.dumps(dict(replicas=[replicas_m, replicas_d], terms=[terms_m, terms_d],
+                                         weight_diff=diff, curves=curves)))
+    """
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.split("RESULT")[1])
+    assert report["replicas"] == [2, 1]
+    terms_m, terms_d = report["terms"]
+    assert set(terms_m) == set(terms_d)
+    for key in terms_d:
+        assert terms_m[key] == pytest.approx(terms_d[key], rel=1e-5, abs=1e-7), key
+    assert report["weight_diff"] < 1e-6
+    np.testing.assert_allclose(report["curves"]["mirrored"], report["curves"]["default"], rtol=1e-5)
