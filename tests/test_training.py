@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import keras
@@ -424,8 +425,6 @@ def test_sigterm_saves_a_checkpoint_and_the_process_exits_cleanly(tmp_path):
         for _ in range(1200):
             if first_checkpoint.is_file() or process.poll() is not None:
                 break
-            import time
-
             time.sleep(0.1)
         assert first_checkpoint.is_file(), process.communicate()[1][-3000:]
         process.send_signal(signal.SIGTERM)
@@ -434,7 +433,7 @@ def test_sigterm_saves_a_checkpoint_and_the_process_exits_cleanly(tmp_path):
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, err[-3000:]
-    _, step, interrupted, name = out.split("RESULT")[1].split()
+    step, interrupted, name = out.split("RESULT")[1].split()
     step = int(step)
     assert interrupted == "True" and name == "SIGTERM" and step >= 5
     folder = ModelFolder(model_dir)
@@ -446,6 +445,8 @@ def test_sigterm_saves_a_checkpoint_and_the_process_exits_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp_path):
+    """One update on the same 2-sample batch: MirroredStrategy (one sample per replica) vs one device; then a short
+    train() under MirroredStrategy, whose first batch is that same batch."""
     code = f"""
         import json
         import numpy as np
@@ -454,22 +455,22 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras
         from tests.test_training import small_config, disk_sample, disk_dataset_fn
+        from rshn_tf.model_folder import load_trained_model
         from rshn_tf.models import build_model
         from rshn_tf.training import build_strategy, build_optimizer, make_train_step, read_loss_log, train
 
         def one_step(strategy_name):
             config = small_config(strategy=strategy_name, batch_size=2)
             strategy = build_strategy(config.training)
-            keras.utils.set_random_seed(0)
+            keras.utils.set_random_seed(config.training.seed)
             with strategy.scope():
                 model = build_model(config.model)
                 optimizer = build_optimizer(config.training)
                 optimizer.build(model.trainable_variables)
-            samples = [disk_sample(1, i, config) for i in range(2)]
+            samples = [disk_sample(config.training.seed, i, config) for i in range(2)]
             batch = (np.stack([s[0] for s in samples]), {{k: np.stack([s[1][k] for s in samples])
                                                           for k in samples[0][1]}})
-            dataset = tf.data.Dataset.from_tensors(batch)
-            distributed = next(iter(strategy.experimental_distribute_dataset(dataset)))
+            distributed = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))))
             terms = make_train_step(model, optimizer, strategy, config)(distributed)
             return strategy.num_replicas_in_sync, {{k: float(v) for k, v in terms.items()}}, \\
                 [np.asarray(w) for w in model.weights]
@@ -477,13 +478,12 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp
         replicas_m, terms_m, weights_m = one_step("mirrored")
         replicas_d, terms_d, weights_d = one_step("default")
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights_m, weights_d))
-        curves = {{}}
-        for name in ("mirrored", "default"):
-            config = small_config(strategy=name, batch_size=2, iterations=4)
-            train(config, {str(tmp_path)!r} + "/" + name, dataset_fn=disk_dataset_fn(config), progress=False)
-            curves[name] = read_loss_log({str(tmp_path)!r} + "/" + name + "/logs/losses.csv")["total"].tolist()
+        config = small_config(strategy="mirrored", batch_size=2, iterations=4, checkpoint_every=2)
+        result = train(config, {str(tmp_path / "model")!r}, dataset_fn=disk_dataset_fn(config), progress=False)
+        curve = read_loss_log({str(tmp_path / "model" / "logs" / "losses.csv")!r})["total"].tolist()
+        load_trained_model({str(tmp_path / "model")!r}, "last")
         print("RESULT" + json.dumps(dict(replicas=[replicas_m, replicas_d], terms=[terms_m, terms_d],
-                                         weight_diff=diff, curves=curves)))
+                                         weight_diff=diff, curve=curve, step=result.step)))
     """
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -494,4 +494,5 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp
     for key in terms_d:
         assert terms_m[key] == pytest.approx(terms_d[key], rel=1e-5, abs=1e-7), key
     assert report["weight_diff"] < 1e-6
-    np.testing.assert_allclose(report["curves"]["mirrored"], report["curves"]["default"], rtol=1e-5)
+    assert report["step"] == 4 and len(report["curve"]) == 4
+    assert report["curve"][0] == pytest.approx(terms_d["total"], rel=1e-5)
