@@ -64,7 +64,7 @@ class ModelFolder:
 
     @property
     def losses_path(self) -> Path:
-        """``logs/losses.csv``: one row per iteration (step, learning rate, every loss term, seconds)."""
+        """``logs/losses.csv``: one row per iteration (step, learning rate, seconds, input_seconds, loss terms)."""
         return self.log_dir / LOSSES_FILE
 
     @property

@@ -18,7 +18,8 @@ plus the weight decay) under the ``tf.distribute`` strategy of ``training.strate
   state of the random sample stream (seed and next sample index) and the bookkeeping of the ``best`` weights.
   ``resume=True`` restores the latest one and continues the same stream, so a killed run that is resumed gives the
   loss curve of an uninterrupted run (on CPU bit for bit; ``training.deterministic`` extends that to GPUs).
-* Logs: ``logs/losses.csv`` (every iteration: learning rate, every loss term, seconds), TensorBoard scalars every
+* Logs: ``logs/losses.csv`` (every iteration: learning rate, every loss term, seconds of the iteration and of
+  them the seconds spent waiting for the input pipeline), TensorBoard scalars every
   ``log_every`` updates (interval means of every loss term, learning rate, iterations/s, samples/s and the
   fraction of time spent waiting for input) and images every ``image_every`` updates (three dimensions of the last
   hourglass's normalised embeddings of the first sample as RGB, next to its input frames), a tqdm progress bar.
@@ -35,7 +36,6 @@ folder on a filesystem shared by all workers; only the chief writes it).
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import math
 import os
@@ -50,14 +50,14 @@ from typing import Any, Callable, Iterator, Optional
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 from tqdm.auto import tqdm
 
 from rshn_tf.config import Config, TrainingConfig
 from rshn_tf.errors import RshnError
 from rshn_tf.losses import total_loss
-from rshn_tf.model_folder import ModelFolder, save_weights_atomic, write_text_atomic
+from rshn_tf.model_folder import ModelFolder, save_weights_atomic
 from rshn_tf.models import build_model
+from rshn_tf.training_logs import CsvLog, TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -345,118 +345,6 @@ class StopRequest:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Logs
-
-
-class _CsvLog:
-    """An append-only CSV of rows keyed by ``step``; on resume, rows after the restored step are dropped."""
-
-    def __init__(self, path: Path, restored_step: int) -> None:
-        self.path = path
-        self.fields: Optional[list[str]] = None
-        if path.is_file():
-            with open(path, newline="", encoding="utf-8") as handle:
-                rows = list(csv.reader(handle))
-            if rows:
-                self.fields = rows[0]
-                kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= restored_step]
-                if len(kept) != len(rows):
-                    lines = [",".join(row) for row in kept]
-                    write_text_atomic(path, "\n".join(lines) + "\n")
-        self._handle = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a", newline="", encoding="utf-8")
-        if self.fields is None:
-            self.fields = list(row)
-            csv.writer(self._handle).writerow(self.fields)
-        if set(row) != set(self.fields):
-            raise RshnError(f"{self.path}: columns {sorted(row)} do not match the existing {self.fields}")
-        csv.writer(self._handle).writerow([_format(row[key]) for key in self.fields])
-
-    def flush(self) -> None:
-        if self._handle is not None:
-            self._handle.flush()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-def _format(value: Any) -> str:
-    return repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)
-
-
-def read_loss_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read ``logs/losses.csv`` (or ``validation.csv``) into one array per column."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return {}
-    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
-
-
-def _summary_metadata(plugin: str, data_class: int, description: str = "") -> summary_pb2.SummaryMetadata:
-    """Metadata that makes TensorBoard's ``scalars`` / ``images`` plugin show a ``tf.summary.write`` tensor (the
-    plugins' own data protos are empty at version 0), so the event files need only TensorFlow to be written."""
-    metadata = summary_pb2.SummaryMetadata(summary_description=description, data_class=data_class)
-    metadata.plugin_data.plugin_name = plugin
-    return metadata
-
-
-_SCALAR = _summary_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
-
-
-class _TensorBoard:
-    """Interval means of scalars and occasional images in TensorBoard event files (chief only).
-
-    Written with ``tf.summary.write`` and the plugin metadata of TensorBoard's scalar and image summaries, so that
-    training does not need the ``tensorboard`` package; viewing them does (``pip install tensorboard``).
-    """
-
-    def __init__(self, log_dir: Path, enabled: bool) -> None:
-        self.writer = tf.summary.create_file_writer(str(log_dir)) if enabled else None
-        self._sums: dict[str, float] = {}
-        self._count = 0
-
-    def accumulate(self, terms: dict[str, float]) -> None:
-        for key, value in terms.items():
-            self._sums[key] = self._sums.get(key, 0.0) + value
-        self._count += 1
-
-    def scalars(self, step: int, extra: dict[str, float]) -> None:
-        if self.writer is not None and self._count:
-            values = {f"loss/{key}": value / self._count for key, value in self._sums.items()}
-            values.update(extra)
-            with self.writer.as_default():
-                for key, value in values.items():
-                    tf.summary.write(key, tf.constant(value, tf.float32), step=step, metadata=_SCALAR)
-        self._sums, self._count = {}, 0
-
-    def scalar(self, step: int, name: str, value: float) -> None:
-        if self.writer is not None:
-            with self.writer.as_default():
-                tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=_SCALAR)
-
-    def images(self, step: int, name: str, images: tf.Tensor, description: str = "") -> None:
-        """One PNG per frame of ``images`` (T, H, W, C) in [0, 1] (TensorBoard's image summary layout)."""
-        if self.writer is not None:
-            encoded = [tf.image.encode_png(tf.image.convert_image_dtype(frame, tf.uint8, saturate=True))
-                       for frame in tf.unstack(images)]
-            size = [tf.as_string(tf.shape(images)[2]), tf.as_string(tf.shape(images)[1])]
-            metadata = _summary_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE, description)
-            with self.writer.as_default():
-                tf.summary.write(name, tf.stack(size + encoded), step=step, metadata=metadata)
-
-    def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-
-
-# --------------------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -485,7 +373,7 @@ class TrainingResult:
     best_loss: Optional[float]
 
 
-def check_resume_config(saved: Config, new: Config, source: str) -> list[str]:
+def check_resume_config(saved: Config, new: Config) -> list[str]:
     """Keys of the training sections in which ``new`` differs from ``saved`` and that may not change on resume.
 
     Returns:
@@ -507,7 +395,7 @@ def _prepare_folder(folder: ModelFolder, config: Config, resume: bool) -> None:
             raise RshnError(f"--resume: {folder.config_path} not found; {folder.root} is not a model folder of an "
                             "earlier 'rshn train' run (drop --resume to start a new one)")
         saved = folder.read_config()
-        changed = check_resume_config(saved, config, str(folder.config_path))
+        changed = check_resume_config(saved, config)
         if changed:
             details = "; ".join(
                 f"{name}: {getattr(getattr(saved, name.split('.')[0]), name.split('.')[1])!r} -> "
@@ -657,9 +545,9 @@ class _Loop:
         self.progress = progress
         self.schedule = learning_rate_schedule(self.training)
         restored = int(state.step.numpy())
-        self.losses = _CsvLog(folder.losses_path, restored) if chief else None
-        self.validation_log = _CsvLog(folder.validation_path, restored) if chief else None
-        self.board = _TensorBoard(folder.log_dir, chief)
+        self.losses = CsvLog(folder.losses_path, restored) if chief else None
+        self.validation_log = CsvLog(folder.validation_path, restored) if chief else None
+        self.board = TensorBoardLog(folder.log_dir, chief)
         self.saved_step = restored if manager.latest_checkpoint else -1
         self._eval_step: Optional[Callable[[Any], tf.Tensor]] = None
 
@@ -705,7 +593,8 @@ class _Loop:
                 state.window_sum.assign_add(loss)
                 state.window_count.assign_add(1)
                 if self.losses is not None:
-                    self.losses.write({"step": step, "learning_rate": learning_rate, "seconds": seconds, **terms})
+                    self.losses.write({"step": step, "learning_rate": learning_rate, "seconds": seconds,
+                                       "input_seconds": waited, **terms})
                 self.board.accumulate(terms)
                 interval_wait += waited
                 interval_steps += 1

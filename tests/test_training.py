@@ -25,7 +25,6 @@ from rshn_tf.config import Config, load_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.losses import total_loss
 from rshn_tf.model_folder import ModelFolder, load_trained_model
-from rshn_tf.models import build_model
 from rshn_tf.training import (
     NesterovAdam,
     StopRequest,
@@ -33,9 +32,9 @@ from rshn_tf.training import (
     build_strategy,
     check_resume_config,
     learning_rate_schedule,
-    read_loss_log,
     train,
 )
+from rshn_tf.training_logs import read_loss_log
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOSS_COLUMNS = ("total", "regularization", "hourglass_0/loss", "hourglass_1/loss", "hourglass_0/background",
@@ -345,7 +344,7 @@ def test_resume_refuses_a_config_that_changes_the_run(uninterrupted):
     config, model_dir, _ = uninterrupted
     changed = small_config(learning_rate=5e-4, log_every=7)
     changed.model.filters = 16
-    assert check_resume_config(config, changed, "x") == ["model.filters", "training.learning_rate"]
+    assert check_resume_config(config, changed) == ["model.filters", "training.learning_rate"]
     with pytest.raises(RshnError, match=r"model.filters: 8 -> 16; training.learning_rate: 0.0001 -> 0.0005"):
         train(changed, model_dir, resume=True, dataset_fn=disk_dataset_fn(config), progress=False)
 
@@ -456,8 +455,8 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp
         import keras
         from tests.test_training import small_config, disk_sample, disk_dataset_fn
         from rshn_tf.model_folder import load_trained_model
-        from rshn_tf.models import build_model
-        from rshn_tf.training import build_strategy, build_optimizer, make_train_step, read_loss_log, train
+                from rshn_tf.training import build_strategy, build_optimizer, make_train_step, train
+        from rshn_tf.training_logs import read_loss_log
 
         def one_step(strategy_name):
             config = small_config(strategy=strategy_name, batch_size=2)
