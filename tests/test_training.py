@@ -25,6 +25,7 @@ from rshn_tf.config import Config, load_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.losses import total_loss
 from rshn_tf.model_folder import ModelFolder, load_trained_model
+from rshn_tf.models import build_model
 from rshn_tf.training import (
     NesterovAdam,
     StopRequest,
@@ -101,8 +102,8 @@ def disk_dataset_fn(config: Config, bank: int = 8, interrupt_at_sample: int | No
     """A dataset function over ``bank`` distinct disk samples (sample i = bank[i % bank]); optionally sends
     SIGINT to this process when sample ``interrupt_at_sample`` is produced (a Ctrl-C in the middle of training)."""
     samples = [disk_sample(config.training.seed, i, config) for i in range(bank)]
-    frames = tf.constant(np.stack([s[0] for s in samples]))
-    targets = {key: tf.constant(np.stack([s[1][key] for s in samples])) for key in samples[0][1]}
+    frames_array = np.stack([s[0] for s in samples])
+    targets_arrays = {key: np.stack([s[1][key] for s in samples]) for key in samples[0][1]}
 
     def interrupt(index):
         if int(index) == interrupt_at_sample:
@@ -110,6 +111,9 @@ def disk_dataset_fn(config: Config, bank: int = 8, interrupt_at_sample: int | No
         return index
 
     def dataset_fn(first_sample: int, batch_size: int) -> tf.data.Dataset:
+        # tensors are made here, not above: a MultiWorkerMirroredStrategy must be created before TF initialises
+        frames = tf.constant(frames_array)
+        targets = {key: tf.constant(value) for key, value in targets_arrays.items()}
         indices = tf.data.Dataset.range(first_sample, first_sample + 10**9)
         if interrupt_at_sample is not None:
             indices = indices.map(lambda i: tf.py_function(interrupt, [i], tf.int64))
@@ -305,27 +309,23 @@ def test_best_weights_follow_the_mean_training_loss_of_each_checkpoint_interval(
     assert result.best_loss == pytest.approx(float(interval_means.min()), rel=1e-6)
 
 
-def test_validation_picks_the_best_weights_and_they_reload_with_that_loss(tmp_path):
-    config = small_config(iterations=9, validation_every=3, learning_rate=3e-3, learning_rate_final=3e-3)
+def test_loss_falls_clearly_and_validation_picks_the_best_weights(tmp_path):
+    config = small_config(iterations=60, validation_every=15, learning_rate=2e-3, learning_rate_final=2e-3,
+                          checkpoint_every=60, log_every=30, image_every=0)
     validation_fn = disk_validation_fn(config)
-    result = train(config, tmp_path / "model", dataset_fn=disk_dataset_fn(config), validation_fn=validation_fn,
-                   progress=False)
-    validation = read_loss_log(ModelFolder(tmp_path / "model").validation_path)
-    np.testing.assert_array_equal(validation["step"], [3, 6, 9])
-    assert result.best_step == int(validation["step"][np.argmin(validation["validation_loss"])])
-    model, loaded_config = load_trained_model(tmp_path / "model", "best")
-    batch = next(iter(validation_fn(config.training.batch_size * 4)))
-    recomputed, _ = total_loss(model(batch[0]), batch[1], [], loaded_config.loss)
-    assert float(recomputed) == pytest.approx(float(validation["validation_loss"].min()), rel=1e-5)
-
-
-def test_loss_falls_clearly_on_moving_disks(tmp_path):
-    config = small_config(iterations=80, learning_rate=2e-3, learning_rate_final=2e-3, checkpoint_every=80,
-                          log_every=40, image_every=0)
-    train(config, tmp_path / "model", dataset_fn=disk_dataset_fn(config, bank=16), progress=False)
+    result = train(config, tmp_path / "model", dataset_fn=disk_dataset_fn(config, bank=16),
+                   validation_fn=validation_fn, progress=False)
     total = losses_of(tmp_path / "model")["total"]
     first, last = total[:10].mean(), total[-10:].mean()
     assert last < 0.7 * first, (first, last)
+    validation = read_loss_log(ModelFolder(tmp_path / "model").validation_path)
+    np.testing.assert_array_equal(validation["step"], [15, 30, 45, 60])
+    assert validation["validation_loss"][-1] < validation["validation_loss"][0]
+    assert result.best_step == int(validation["step"][np.argmin(validation["validation_loss"])])
+    model, loaded_config = load_trained_model(tmp_path / "model", "best")
+    batch = next(iter(validation_fn(4)))
+    recomputed, _ = total_loss(model(batch[0]), batch[1], [], loaded_config.loss)
+    assert float(recomputed) == pytest.approx(float(validation["validation_loss"].min()), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -455,7 +455,8 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp
         import keras
         from tests.test_training import small_config, disk_sample, disk_dataset_fn
         from rshn_tf.model_folder import load_trained_model
-                from rshn_tf.training import build_strategy, build_optimizer, make_train_step, train
+        from rshn_tf.models import build_model
+        from rshn_tf.training import build_strategy, build_optimizer, make_train_step, train
         from rshn_tf.training_logs import read_loss_log
 
         def one_step(strategy_name):
@@ -495,3 +496,63 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp
     assert report["weight_diff"] < 1e-6
     assert report["step"] == 4 and len(report["curve"]) == 4
     assert report["curve"][0] == pytest.approx(terms_d["total"], rel=1e-5)
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def first_batch_loss(config: Config) -> float:
+    """Eager reference: the loss of the seeded initial network on samples 0 … B−1 (what step 1 logs)."""
+    keras.utils.set_random_seed(config.training.seed)
+    model = build_model(config.model)
+    samples = [disk_sample(config.training.seed, i, config) for i in range(config.training.batch_size)]
+    frames = np.stack([sample[0] for sample in samples])
+    targets = {key: np.stack([sample[1][key] for sample in samples]) for key in samples[0][1]}
+    return float(total_loss(model(frames), targets, model.losses, config.loss)[0])
+
+
+@pytest.mark.slow
+def test_multi_worker_strategy_with_two_local_workers(tmp_path):
+    """Two worker processes on this machine (cluster in $TF_CONFIG), one replica each, global batch 2: both finish,
+    the chief writes the model folder and the other worker leaves nothing; step 1 logs the global-batch loss."""
+    ports = free_ports(2)
+    code = f"""
+        import sys
+        from tests.test_training import small_config, disk_dataset_fn
+        from rshn_tf.training import train
+        config = small_config(strategy="multi_worker", batch_size=2, iterations=4, checkpoint_every=2)
+        result = train(config, {str(tmp_path / "model")!r}, dataset_fn=disk_dataset_fn(config), progress=False)
+        sys.exit(0 if result.finished else 1)
+    """
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]},
+                     "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(tf_config))
+        processes.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env,
+                                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        outputs = [process.communicate(timeout=600) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-4000:]
+    folder = ModelFolder(tmp_path / "model")
+    assert folder.read_state()["finished"] and folder.weights_path("best").is_file()
+    assert sorted(p.name for p in folder.root.iterdir()) == sorted(
+        ["checkpoints", "config.yaml", "logs", "training_state.json", "weights.best.weights.h5",
+         "weights.last.weights.h5"])  # the non-chief's scratch folder is gone
+    curve = losses_of(folder.root)
+    np.testing.assert_array_equal(curve["step"], [1, 2, 3, 4])
+    assert curve["total"][0] == pytest.approx(first_batch_loss(small_config(batch_size=2)), rel=1e-5)
