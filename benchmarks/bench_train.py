@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run from a source checkout without installing
 
 CONFIGS = {
     "paper": {},

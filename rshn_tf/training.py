@@ -430,6 +430,9 @@ def train(
             :func:`pipeline_validation_fn`).
         progress: Show a tqdm progress bar (None: only on a terminal).
 
+    With ``training.strategy: multi_worker``, nothing may start TensorFlow's runtime before this call (e.g. create
+    tensors in ``dataset_fn`` only when it is called): TensorFlow configures the collectives at startup.
+
     Returns:
         A :class:`TrainingResult`; ``interrupted`` is set when SIGINT/SIGTERM stopped the run after saving.
 
@@ -440,6 +443,12 @@ def train(
     folder = ModelFolder(model_dir)
     training = config.training
     _prepare_folder(folder, config, resume)
+    # the data first: a wrong path fails before anything is written (and before TensorFlow starts, which
+    # MultiWorkerMirroredStrategy requires)
+    if dataset_fn is None:
+        dataset_fn = pipeline_dataset_fn(config)
+    if training.validation_every > 0 and validation_fn is None:
+        validation_fn = pipeline_validation_fn(config)
     if training.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = build_strategy(training)
@@ -464,11 +473,6 @@ def train(
         _restore(checkpoint, folder, state, training)
     manager = tf.train.CheckpointManager(checkpoint, str(writer_folder.checkpoint_dir),
                                          max_to_keep=training.max_checkpoints, checkpoint_name="ckpt")
-
-    if dataset_fn is None:
-        dataset_fn = pipeline_dataset_fn(config)
-    if training.validation_every > 0 and validation_fn is None:
-        validation_fn = pipeline_validation_fn(config)
     loop = _Loop(config, writer_folder, chief, strategy, model, optimizer, state, manager, dataset_fn,
                  validation_fn, progress)
     try:
