@@ -133,7 +133,11 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
 def cmd_show_sample(args: argparse.Namespace) -> int:
     """Write PNGs and arrays of one augmented training sample."""
-    raise _not_yet("show-sample", "the training data pipeline (issue 4) is not implemented")
+    from data_io.sample_view import show_sample
+
+    out = show_sample(_config(args, args.config), args.out, seed=args.seed)
+    print(f"wrote training sample (seed {args.seed}) to {out}")
+    return 0
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

@@ -74,6 +74,14 @@ class DataConfig:
         label_blur_sigma: Code: per-label Gaussian smoothing σ of training label crops (DIC: 2); paper: 0 (off).
         num_workers: Parallel workers that produce augmented training samples.
         prefetch: Training samples prepared ahead of the train step.
+        seg_sample_frames: Which frames anchor the ``seg_sample_fraction`` windows: ``complete`` (frames with
+            complete SEG, the ones that feed the background term; §4.2 read with the background term in mind) or
+            ``any`` frame with SEG ground truth (code: its id list repeats every SEG frame, notes §4.7).
+        worker_type: ``thread`` or ``process``: how the ``num_workers`` sample workers run (same samples either way).
+        seg_sample_mode: ``paper``: a ``seg_sample_fraction`` of the windows contain a ``seg_sample_frames`` frame,
+            the others none (§4.2, "approximately every second mini-batch"). ``code``: the authors' id list, all
+            frames once plus the SEG frames repeated to make up that fraction of the anchors (notes §4.7); more
+            windows then contain a SEG frame (DIC-C2DH-HeLa: about 80 %).
     """
 
     dataset: str = "custom"
@@ -93,6 +101,9 @@ class DataConfig:
     label_blur_sigma: float = 0.0
     num_workers: int = 2
     prefetch: int = 4
+    seg_sample_frames: Literal["complete", "any"] = "complete"
+    worker_type: Literal["thread", "process"] = "thread"
+    seg_sample_mode: Literal["paper", "code"] = "paper"
 
 
 @dataclass

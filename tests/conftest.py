@@ -45,3 +45,12 @@ def ctc_dataset(ctc_root):
         return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """A small synthetic CTC dataset (sequences 01 and 02, 24 frames of 128x128, seed 0), written once per session."""
+    from data_io.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "Synthetic", frames=24, size=(128, 128),
+                                   seed=0)

@@ -75,7 +75,6 @@ NOT_YET = {
     "postprocess": ["postprocess", "e", "o", "--config", "DIC-C2DH-HeLa", "--original-shape", "8", "8"],
     "evaluate": ["evaluate", "r", "g"],
     "overlay": ["overlay", "r", "f", "--out", "x.gif"],
-    "show-sample": ["show-sample", "DIC-C2DH-HeLa", "--data", "d", "--out", "o"],
     "experiment": ["experiment", "DIC-C2DH-HeLa"],
     "table3": ["table3", "--data", "d"],
     "package": ["package", "--check", "s"],
