@@ -554,6 +554,7 @@ class _Loop:
         self.board = TensorBoardLog(folder.log_dir, chief)
         self.saved_step = restored if manager.latest_checkpoint else -1
         self._eval_step: Optional[Callable[[Any], tf.Tensor]] = None
+        self._interval: list[Any] = [time.perf_counter(), 0.0, 0]
 
     def close(self) -> None:
         for csv_log in (self.losses, self.validation_log):
@@ -579,7 +580,7 @@ class _Loop:
         with stop:  # before the input pipeline starts, so that no signal is lost
             first_sample = int(state.next_sample.numpy())
             batches = iter(_distribute(self.strategy, self.dataset_fn(first_sample, training.batch_size)))
-            interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
+            self._interval = [time.perf_counter(), 0.0, 0]  # start, seconds waiting for input, iterations
             while step < training.iterations and not stop.requested:
                 tic = time.perf_counter()
                 batch = self._next(batches, step)
@@ -587,44 +588,10 @@ class _Loop:
                 learning_rate = self.schedule.value(step)
                 terms = {key: float(value) for key, value in train_step(batch).items()}
                 step += 1
-                seconds = time.perf_counter() - tic
-                state.step.assign(step)
-                state.next_sample.assign(step * training.batch_size)
-                loss = data_loss(terms)
-                if not math.isfinite(terms["total"]):
-                    raise RshnError(f"the loss became {terms['total']} at step {step}; lower training.learning_rate "
-                                    "or check the training data")
-                state.window_sum.assign_add(loss)
-                state.window_count.assign_add(1)
-                if self.losses is not None:
-                    self.losses.write({"step": step, "learning_rate": learning_rate, "seconds": seconds,
-                                       "input_seconds": waited, **terms})
-                self.board.accumulate(terms)
-                interval_wait += waited
-                interval_steps += 1
+                self._record(step, terms, learning_rate, time.perf_counter() - tic, waited)
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{learning_rate:.0e}")
-                if step % training.log_every == 0 or step == training.iterations:
-                    elapsed = time.perf_counter() - interval_start
-                    self.board.scalars(step, {
-                        "learning_rate": learning_rate,
-                        "speed/iterations_per_second": interval_steps / elapsed,
-                        "speed/samples_per_second": interval_steps * training.batch_size / elapsed,
-                        "speed/input_wait_fraction": interval_wait / elapsed,
-                    })
-                    interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
-                if images is not None and step % training.image_every == 0:
-                    rgb, grey = images(self.strategy.experimental_local_results(batch[0])[0])
-                    self.board.images(step, "embeddings/dims_0-2_rgb", rgb,
-                                      "last hourglass, normalised embeddings, dimensions 0-2 as RGB")
-                    self.board.images(step, "input/frames", grey)
-                if self.validation_fn is not None and training.validation_every > 0 and (
-                        step % training.validation_every == 0 or step == training.iterations):
-                    self._validate(step)
-                if step % training.checkpoint_every == 0 or step == training.iterations:
-                    if training.validation_every == 0:
-                        self._update_best_from_window(step)
-                    self._checkpoint(step)
+                self._periodic(step, batch, learning_rate, images)
         bar.close()
         if stop.requested:
             self._checkpoint(step, interrupted=True)
@@ -632,6 +599,50 @@ class _Loop:
             return self._result(step, signal.Signals(stop.signal_number).name)
         self._finish(step)
         return self._result(step, None)
+
+    def _record(self, step: int, terms: dict[str, float], learning_rate: float, seconds: float,
+                waited: float) -> None:
+        """Book one finished iteration: state variables, CSV row, TensorBoard interval sums."""
+        if not math.isfinite(terms["total"]):
+            raise RshnError(f"the loss became {terms['total']} at step {step}; lower training.learning_rate or "
+                            "check the training data")
+        self.state.step.assign(step)
+        self.state.next_sample.assign(step * self.training.batch_size)
+        self.state.window_sum.assign_add(data_loss(terms))
+        self.state.window_count.assign_add(1)
+        if self.losses is not None:
+            self.losses.write({"step": step, "learning_rate": learning_rate, "seconds": seconds,
+                               "input_seconds": waited, **terms})
+        self.board.accumulate(terms)
+        self._interval[1] += waited
+        self._interval[2] += 1
+
+    def _periodic(self, step: int, batch: Any, learning_rate: float, images: Optional[Callable[..., Any]]) -> None:
+        """What is due after iteration ``step``: scalars, images, validation, best weights, checkpoint."""
+        training = self.training
+        last = step == training.iterations
+        if step % training.log_every == 0 or last:
+            start, waited, iterations = self._interval
+            elapsed = time.perf_counter() - start
+            self.board.scalars(step, {
+                "learning_rate": learning_rate,
+                "speed/iterations_per_second": iterations / elapsed,
+                "speed/samples_per_second": iterations * training.batch_size / elapsed,
+                "speed/input_wait_fraction": waited / elapsed,
+            })
+            self._interval = [time.perf_counter(), 0.0, 0]
+        if images is not None and step % training.image_every == 0:
+            rgb, grey = images(self.strategy.experimental_local_results(batch[0])[0])
+            self.board.images(step, "embeddings/dims_0-2_rgb", rgb,
+                              "last hourglass, normalised embeddings, dimensions 0-2 as RGB")
+            self.board.images(step, "input/frames", grey)
+        if self.validation_fn is not None and training.validation_every > 0 and (
+                step % training.validation_every == 0 or last):
+            self._validate(step)
+        if step % training.checkpoint_every == 0 or last:
+            if training.validation_every == 0:
+                self._update_best_from_window(step)
+            self._checkpoint(step)
 
     def _next(self, batches: Iterator[Any], step: int) -> Any:
         try:
