@@ -33,6 +33,8 @@ from rshn_tf.training import (
     build_strategy,
     check_resume_config,
     learning_rate_schedule,
+    pipeline_dataset_fn,
+    pipeline_validation_fn,
     train,
 )
 from rshn_tf.training_logs import read_loss_log
@@ -328,6 +330,30 @@ def test_loss_falls_clearly_and_validation_picks_the_best_weights(tmp_path):
     assert float(recomputed) == pytest.approx(float(validation["validation_loss"].min()), rel=1e-5)
 
 
+def test_pipeline_sources_read_the_training_and_validation_sequences(synthetic_dataset):
+    config = load_config(None, ["data.train_sequences=[\"01\"]", "data.tile_size=[64, 64]",
+                                "data.sequence_length=3", "data.border_band=0", "loss.max_instances=4",
+                                "inference.tile_overlap=16", "training.batch_size=2",
+                                "training.validation_samples=4", "training.validation_sequences=[\"02\"]"])
+    config.data.dataset_dir = str(synthetic_dataset)
+    train_batches = iter(pipeline_dataset_fn(config)(6, 2))
+    frames, targets = next(train_batches)
+    assert frames.shape == (2, 3, 64, 64, 1) and targets["instance_masks"].shape == (2, 4, 3, 64, 64)
+    validation_fn = pipeline_validation_fn(config)
+    first = [batch[0].numpy() for batch in validation_fn(2)]
+    second = [batch[0].numpy() for batch in validation_fn(2)]
+    assert len(first) == 2  # 4 samples in batches of 2
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)  # the same validation samples at every evaluation
+    assert not np.array_equal(first[0], next(iter(pipeline_dataset_fn(config)(0, 2)))[0].numpy())
+    config.training.validation_sequences = []
+    with pytest.raises(RshnError, match="needs 'training.validation_sequences'"):
+        pipeline_validation_fn(config)
+    config.data.dataset_dir = None
+    with pytest.raises(RshnError, match="no dataset folder"):
+        pipeline_dataset_fn(config)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Folder rules and errors
 
@@ -414,14 +440,13 @@ training: {iterations: 40, checkpoint_every: 5, log_every: 5, image_every: 0}
 
 
 @pytest.mark.slow
-def test_rshn_train_killed_by_sigterm_and_resumed_reproduces_the_uninterrupted_run(tmp_path):
+def test_rshn_train_killed_by_sigterm_and_resumed_reproduces_the_uninterrupted_run(tmp_path, synthetic_dataset):
     """``rshn train`` end to end on a synthetic CTC video through the data_io pipeline. A run in its own process
     gets SIGTERM after its first checkpoint (exit status 128 + 15, checkpoint of the step reached), ``--resume``
     finishes it, and its loss curve equals that of an uninterrupted run."""
-    from data_io.synthetic import write_synthetic_dataset
     from rshn_tf.cli import EXIT_USER_ERROR, main
 
-    data = write_synthetic_dataset(tmp_path / "synthetic", frames=10, size=(96, 96), sequences=("01",))
+    data = synthetic_dataset
     config_path = tmp_path / "small.yaml"
     config_path.write_text(SMALL_YAML)
     args = ["train", str(config_path), "--data", str(data)]
@@ -462,9 +487,9 @@ def test_rshn_train_killed_by_sigterm_and_resumed_reproduces_the_uninterrupted_r
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp_path):
-    """One update on the same 2-sample batch: MirroredStrategy (one sample per replica) vs one device; then a short
-    train() under MirroredStrategy, whose first batch is that same batch."""
+def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step():
+    """One update on the same 2-sample batch: MirroredStrategy (one sample per replica) vs one device: the same loss
+    terms and the same updated weights. (train() under a 2-replica strategy: the multi-worker test below.)"""
     code = f"""
         import json
         import numpy as np
@@ -472,11 +497,9 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras
-        from tests.test_training import small_config, disk_sample, disk_dataset_fn
-        from rshn_tf.model_folder import load_trained_model
+        from tests.test_training import small_config, disk_sample
         from rshn_tf.models import build_model
-        from rshn_tf.training import build_strategy, build_optimizer, make_train_step, train
-        from rshn_tf.training_logs import read_loss_log
+        from rshn_tf.training import build_strategy, build_optimizer, make_train_step
 
         def one_step(strategy_name):
             config = small_config(strategy=strategy_name, batch_size=2)
@@ -490,19 +513,17 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp
             batch = (np.stack([s[0] for s in samples]), {{k: np.stack([s[1][k] for s in samples])
                                                           for k in samples[0][1]}})
             distributed = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))))
+            initial = [np.asarray(w) for w in model.weights]
             terms = make_train_step(model, optimizer, strategy, config)(distributed)
-            return strategy.num_replicas_in_sync, {{k: float(v) for k, v in terms.items()}}, \\
+            return initial, strategy.num_replicas_in_sync, {{k: float(v) for k, v in terms.items()}}, \\
                 [np.asarray(w) for w in model.weights]
 
-        replicas_m, terms_m, weights_m = one_step("mirrored")
-        replicas_d, terms_d, weights_d = one_step("default")
+        _, replicas_m, terms_m, weights_m = one_step("mirrored")
+        initial, replicas_d, terms_d, weights_d = one_step("default")
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights_m, weights_d))
-        config = small_config(strategy="mirrored", batch_size=2, iterations=4, checkpoint_every=2)
-        result = train(config, {str(tmp_path / "model")!r}, dataset_fn=disk_dataset_fn(config), progress=False)
-        curve = read_loss_log({str(tmp_path / "model" / "logs" / "losses.csv")!r})["total"].tolist()
-        load_trained_model({str(tmp_path / "model")!r}, "last")
+        moved = max(float(np.max(np.abs(a - b))) for a, b in zip(weights_d, initial))
         print("RESULT" + json.dumps(dict(replicas=[replicas_m, replicas_d], terms=[terms_m, terms_d],
-                                         weight_diff=diff, curve=curve, step=result.step)))
+                                         weight_diff=diff, moved=moved)))
     """
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -513,8 +534,7 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step(tmp
     for key in terms_d:
         assert terms_m[key] == pytest.approx(terms_d[key], rel=1e-5, abs=1e-7), key
     assert report["weight_diff"] < 1e-6
-    assert report["step"] == 4 and len(report["curve"]) == 4
-    assert report["curve"][0] == pytest.approx(terms_d["total"], rel=1e-5)
+    assert report["moved"] > 100 * report["weight_diff"] and report["moved"] > 1e-5  # the update is not empty
 
 
 def free_ports(count: int) -> list[int]:
