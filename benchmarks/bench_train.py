@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"bench_train: {os.cpu_count()} CPU cores; timings are noisy when other processes share them")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or synthetic_dataset(Path(tmp))
-        print(f"data: {data if args.data else 'synthetic video (data_io.synthetic, 2 sequences of 40 frames, 256x256)'}")
+        described = data if args.data else "synthetic video (data_io.synthetic, 2 sequences of 40 frames, 256x256)"
+        print(f"data: {described}")
         if args.converge:
             overrides = [f"training.learning_rate={args.converge_lr}",
                          f"training.learning_rate_final={args.converge_lr}"] + args.set
