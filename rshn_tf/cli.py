@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from rshn_tf import __version__
@@ -94,9 +95,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a network."""
-    raise _not_yet("train", "the training loop (issue 5) is not implemented; the network (issue 3) and the "
-                   "training data pipeline (issue 4) come first")
+    """Train a network; exit status 128 + signal number when SIGINT/SIGTERM stopped it after a checkpoint."""
+    import signal
+
+    from rshn_tf.training import train
+
+    config = _config(args, args.config)
+    model_dir = args.model_dir or str(Path("runs") / config.data.dataset / "model")
+    result = train(config, model_dir, resume=args.resume)
+    if result.interrupted:
+        print(f"stopped by {result.signal_name} at iteration {result.step} of {result.iterations}; checkpoint saved "
+              f"in {result.model_dir}; continue with --resume", file=sys.stderr)
+        return 128 + int(signal.Signals[result.signal_name])
+    print(f"trained {result.step} of {result.iterations} iterations; model folder {result.model_dir}")
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -225,20 +225,32 @@ class TrainingConfig:
 
     Attributes:
         iterations: Training iterations (§3.1: 60,000; Table 3 cross-validation in the code: 40,000).
-        batch_size: Mini-batch size (§3.1: 1).
-        optimizer: ``adam`` (§3.1) or ``nadam`` (the paper-era code).
+        batch_size: Mini-batch size (§3.1: 1): samples per iteration over all replicas of the ``strategy``; a
+            multiple of the number of replicas.
+        optimizer: ``adam`` (§3.1) or ``nadam``: the paper-era code's ``tf.contrib.opt.NadamOptimizer``, i.e. Adam
+            with a Nesterov-style update (TF1 ``ApplyAdam(use_nesterov=True)``), not Keras' Nadam schedule.
         learning_rate: Initial learning rate (§3.1: 0.0001).
         learning_rate_final: Learning rate after the drop (§3.1: 0.00001).
-        learning_rate_drop_fraction: Fraction of ``iterations`` after which the rate drops (§3.1: 30,000 of 60,000).
+        learning_rate_drop_fraction: Fraction of ``iterations`` after which the rate drops (§3.1: 30,000 of 60,000):
+            updates 0 … round(fraction × iterations) − 1 use ``learning_rate``, later ones ``learning_rate_final``.
         adam_epsilon: ε of Adam/Nadam (TF1 default used by the paper's code: 1e-8).
         seed: Seed of every random choice in training (sampling, augmentation, initialisation).
         checkpoint_every: Iterations between checkpoints (model, optimiser, step, RNG state).
         max_checkpoints: Checkpoints kept on disk.
         log_every: Iterations between TensorBoard scalar summaries.
-        image_every: Iterations between TensorBoard embedding images.
+        image_every: Iterations between TensorBoard embedding images (0 = none).
         validation_every: Iterations between validation-loss evaluations used to pick the ``best`` weights
-            (0 = never; ``best`` then follows the smoothed training loss).
-        strategy: ``default``, ``mirrored`` or ``multi_worker`` (tf.distribute).
+            (0 = never; ``best`` then follows the smoothed training loss: the mean loss over each
+            ``checkpoint_every`` interval). Losses compared exclude the weight decay.
+        strategy: ``default`` (one device), ``mirrored`` (all local GPUs, else all logical CPU devices) or
+            ``multi_worker`` (``tf.distribute.MultiWorkerMirroredStrategy``, cluster from ``$TF_CONFIG``).
+        validation_sequences: Sequences of ``data.dataset_dir`` whose samples give the validation loss (needed when
+            ``validation_every`` > 0; e.g. the held-out video of a cross-validation fold).
+        validation_samples: Validation samples (indices 0 … n−1 of the sample stream of ``seed`` on the validation
+            sequences, augmented like training samples; the same samples at every evaluation); a multiple of
+            ``batch_size``.
+        deterministic: Call ``tf.config.experimental.enable_op_determinism()`` (process-wide) so that reruns are
+            bitwise identical on every device; slower on GPUs. CPU runs repeat without it.
     """
 
     iterations: int = 60000
@@ -255,6 +267,9 @@ class TrainingConfig:
     image_every: int = 1000
     validation_every: int = 0
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    validation_sequences: list[str] = field(default_factory=list)
+    validation_samples: int = 16
+    deterministic: bool = False
 
 
 @dataclass
@@ -478,7 +493,7 @@ def _set_value(section_obj: Any, section: str, key: str, value: Any, annotation:
         raise RshnError(
             f"{source}: key '{section}.{key}' must be {_type_name(annotation)}, got {value!r}"
         ) from None
-    if section == "data" and key in ("train_sequences",):
+    if (section, key) in (("data", "train_sequences"), ("training", "validation_sequences")):
         coerced = [normalize_sequence_name(v) for v in coerced]
     setattr(section_obj, key, coerced)
 
@@ -687,6 +702,17 @@ def validate(config: Config, source: str = "config") -> None:
          "one weight per hourglass (model.stacks)"),
         (config.training.iterations >= 1, "training.iterations", "at least 1"),
         (config.training.batch_size >= 1, "training.batch_size", "at least 1"),
+        (config.training.checkpoint_every >= 1, "training.checkpoint_every", "at least 1"),
+        (config.training.max_checkpoints >= 1, "training.max_checkpoints", "at least 1"),
+        (config.training.log_every >= 1, "training.log_every", "at least 1"),
+        (config.training.image_every >= 0, "training.image_every", "non-negative (0 = no images)"),
+        (config.training.validation_every >= 0, "training.validation_every", "non-negative (0 = no validation)"),
+        (config.training.validation_samples >= 1
+         and config.training.validation_samples % config.training.batch_size == 0,
+         "training.validation_samples", "a positive multiple of training.batch_size"),
+        (config.training.seed >= 0, "training.seed", "non-negative"),
+        (config.training.learning_rate > 0 and config.training.learning_rate_final > 0, "training.learning_rate",
+         "positive (and training.learning_rate_final too)"),
         (0.0 <= config.training.learning_rate_drop_fraction <= 1.0, "training.learning_rate_drop_fraction",
          "in [0, 1]"),
         (0 <= config.inference.tile_overlap < min(config.data.tile_size), "inference.tile_overlap",

@@ -1,0 +1,218 @@
+"""The model folder: what training writes and what inference and packaging read back.
+
+Layout (``docs``: architecture, "A model folder")::
+
+    MODEL_DIR/
+      config.yaml                  resolved configuration of the run (rshn_tf.config.save_config)
+      checkpoints/                 tf.train.CheckpointManager: model, optimizer, step, data-stream position, best
+      weights.best.weights.h5      weights with the lowest validation (or smoothed training) loss
+      weights.last.weights.h5      weights of the latest checkpoint / the end of training
+      training_state.json          progress summary: step, iterations, finished, interrupted, best step and loss
+      logs/                        TensorBoard events, losses.csv (one row per iteration), validation.csv
+
+:func:`load_trained_model` rebuilds the network from ``config.yaml`` and loads the chosen weights, with no other
+arguments, for ``rshn predict`` and the submission packager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from rshn_tf.config import Config, config_from_dict, save_config
+from rshn_tf.errors import RshnError
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+STATE_FILE = "training_state.json"
+LOSSES_FILE = "losses.csv"
+VALIDATION_FILE = "validation.csv"
+#: Exported weights by name (Keras requires the ``.weights.h5`` suffix).
+WEIGHTS_FILES = {"best": "weights.best.weights.h5", "last": "weights.last.weights.h5"}
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """Paths of one model folder (nothing is created on construction)."""
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config_path(self) -> Path:
+        """The resolved ``config.yaml``."""
+        return self.root / CONFIG_FILE
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Folder of the ``tf.train.CheckpointManager``."""
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def log_dir(self) -> Path:
+        """TensorBoard event files and the CSV loss logs."""
+        return self.root / LOG_DIR
+
+    @property
+    def losses_path(self) -> Path:
+        """``logs/losses.csv``: one row per iteration (step, learning rate, seconds, input_seconds, loss terms)."""
+        return self.log_dir / LOSSES_FILE
+
+    @property
+    def validation_path(self) -> Path:
+        """``logs/validation.csv``: step and validation loss of every evaluation."""
+        return self.log_dir / VALIDATION_FILE
+
+    @property
+    def state_path(self) -> Path:
+        """``training_state.json``."""
+        return self.root / STATE_FILE
+
+    def weights_path(self, which: str) -> Path:
+        """Path of the exported ``best`` or ``last`` weights.
+
+        Raises:
+            RshnError: For another name.
+        """
+        if which not in WEIGHTS_FILES:
+            raise RshnError(f"weights must be one of {', '.join(WEIGHTS_FILES)} or a .weights.h5 path, got {which!r}")
+        return self.root / WEIGHTS_FILES[which]
+
+    def has_training_output(self) -> bool:
+        """Whether a run already wrote here (config, checkpoints or weights)."""
+        return self.config_path.exists() or self.checkpoint_dir.exists() or any(
+            (self.root / name).exists() for name in WEIGHTS_FILES.values())
+
+    def read_config(self) -> Config:
+        """The folder's resolved configuration.
+
+        Raises:
+            RshnError: If the folder or its ``config.yaml`` is missing or invalid.
+        """
+        if not self.root.is_dir():
+            raise RshnError(f"model folder {self.root} does not exist")
+        if not self.config_path.is_file():
+            raise RshnError(f"{self.config_path}: missing; a model folder written by 'rshn train' holds the "
+                            "resolved config.yaml of its run")
+        try:
+            with open(self.config_path, encoding="utf-8") as handle:
+                values = yaml.safe_load(handle)
+        except (OSError, yaml.YAMLError) as exc:
+            raise RshnError(f"{self.config_path}: cannot be read ({exc})") from exc
+        return config_from_dict(values or {}, str(self.config_path))
+
+    def write_config(self, config: Config) -> Path:
+        """Write ``config.yaml`` atomically."""
+        return save_config(config, self.config_path)
+
+    def read_state(self) -> Optional[dict[str, Any]]:
+        """``training_state.json`` as a dictionary, or None when it does not exist."""
+        if not self.state_path.is_file():
+            return None
+        try:
+            return json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RshnError(f"{self.state_path}: cannot be read ({exc})") from exc
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        """Write ``training_state.json`` atomically."""
+        write_text_atomic(self.state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_weights_atomic(model: Any, path: str | os.PathLike) -> Path:
+    """``model.save_weights`` to a temporary ``.weights.h5`` beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{os.getpid()}.tmp.{path.name}")
+    model.save_weights(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def _weight_shapes_in_file(path: Path) -> Counter:
+    """Multiset of the shapes of all arrays stored in a Keras ``.weights.h5`` file."""
+    import h5py
+
+    shapes: Counter = Counter()
+
+    def visit(_name: str, item: Any) -> None:
+        if isinstance(item, h5py.Dataset):
+            shapes[tuple(item.shape)] += 1
+
+    with h5py.File(path, "r") as handle:
+        handle.visititems(visit)
+    return shapes
+
+
+def load_weights_checked(model: Any, path: str | os.PathLike) -> None:
+    """Load a ``.weights.h5`` file into ``model`` and check that it holds exactly the model's variables.
+
+    Keras silently ignores extra arrays (e.g. weights of a network with more levels); this check turns every
+    mismatch into an error.
+
+    Raises:
+        RshnError: If the file is missing, unreadable or does not match the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RshnError(f"{path}: weights file missing")
+    hint = "the weights do not belong to a network built from this config (model section)"
+    try:
+        stored = _weight_shapes_in_file(path)
+    except OSError as exc:
+        raise RshnError(f"{path}: not a readable Keras weights file ({exc})") from exc
+    expected = Counter(tuple(int(d) for d in weight.shape) for weight in model.weights)
+    if stored != expected:
+        raise RshnError(f"{path}: {hint}: the file holds {sum(stored.values())} arrays, the model has "
+                        f"{sum(expected.values())} variables with different shapes")
+    try:
+        model.load_weights(str(path))
+    except (ValueError, KeyError, OSError) as exc:
+        raise RshnError(f"{path}: {hint} ({str(exc).splitlines()[0]})") from exc
+
+
+def load_trained_model(model_dir: str | os.PathLike, weights: str = "best") -> tuple[Any, Config]:
+    """Rebuild the network of a model folder from its ``config.yaml`` and load its weights.
+
+    Args:
+        model_dir: A model folder written by ``rshn train``.
+        weights: ``best``, ``last``, or the path of a ``.weights.h5`` file.
+
+    Returns:
+        ``(model, config)``: the Keras model (see :func:`rshn_tf.models.build_model`) and the folder's configuration.
+
+    Raises:
+        RshnError: If the folder, its config or the weights are missing, or the weights do not fit the config.
+    """
+    from rshn_tf.models import build_model
+
+    folder = ModelFolder(model_dir)
+    config = folder.read_config()
+    if weights in WEIGHTS_FILES:
+        path = folder.weights_path(weights)
+        if not path.is_file():
+            other = [name for name in WEIGHTS_FILES if name != weights and folder.weights_path(name).is_file()]
+            hint = f"; '{other[0]}' exists" if other else "; the run exported no weights yet"
+            raise RshnError(f"{path}: missing ({weights} weights of model folder {folder.root}){hint}")
+    else:
+        path = Path(weights)
+    model = build_model(config.model)
+    load_weights_checked(model, path)
+    return model, config
