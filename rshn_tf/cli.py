@@ -151,14 +151,47 @@ def cmd_show_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(exc: Exception) -> int:
+    """Exit status 128 + signal number for a run stopped by SIGINT/SIGTERM after saving its progress."""
+    import signal
+
+    print(f"{exc}", file=sys.stderr)
+    return 128 + int(signal.Signals[getattr(exc, "signal_name", "SIGINT")])
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
-    """Run a cross-validation experiment."""
-    raise _not_yet("experiment", "the experiment runner (issue 7) is not implemented")
+    """Run a cross-validation experiment (or list its steps)."""
+    from rshn_tf.experiments import StepInterrupted, load_experiment_config, run_experiment
+
+    config = load_experiment_config(args.config, args.profile, args.overrides, args.data)
+    try:
+        outcome = run_experiment(config, args.out, dry_run=args.dry_run)
+    except StepInterrupted as exc:
+        return _interrupted(exc)
+    if args.dry_run:
+        print(outcome.experiment.plan.describe())
+        return 0
+    from rshn_tf.experiments import RESULTS_MD
+
+    print((outcome.experiment.root / RESULTS_MD).read_text(encoding="utf-8"), end="")
+    print(f"\nresults in {outcome.experiment.root} ({len(outcome.ran)} steps ran)")
+    return 0
 
 
 def cmd_table3(args: argparse.Namespace) -> int:
-    """Run the Table 3 grid."""
-    raise _not_yet("table3", "the Table 3 runner (issue 7) is not implemented")
+    """Run the Table 3 grid (or list it)."""
+    from rshn_tf.experiments import StepInterrupted
+    from rshn_tf.table3 import run_table3
+
+    profile = None if args.profile == "none" else args.profile
+    try:
+        _, table, text = run_table3(args.data, args.out, profile, args.overrides, args.rows, dry_run=args.dry_run)
+    except StepInterrupted as exc:
+        return _interrupted(exc)
+    print(text, end="" if text.endswith("\n") else "\n")
+    if table is not None:
+        print(f"\nwrote {Path(args.out) / 'table3.md'}, table3.csv, table3.json and table3.png")
+    return 0
 
 
 def cmd_package(args: argparse.Namespace) -> int:
@@ -168,12 +201,23 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic video -> train -> predict -> evaluate -> overlay."""
-    raise _not_yet(
-        "demo",
-        "it needs training (issues 3-5), prediction and post-processing (issue 6) and the demo runner (issue 7). "
-        "Available now: 'rshn synth OUT' writes the synthetic CTC dataset the demo will train on, and "
-        "'rshn check-config' validates configs",
-    )
+    import time
+
+    from rshn_tf.demo import demo_config, run_demo, summary
+    from rshn_tf.experiments import StepInterrupted
+
+    start = time.perf_counter()
+    out = args.out or ("runs/demo" if args.seed == 0 else f"runs/demo-seed{args.seed}")
+    config = demo_config(args.seed, args.overrides, out)
+    try:
+        outcome = run_demo(config, seed=args.seed, dry_run=args.dry_run)
+    except StepInterrupted as exc:
+        return _interrupted(exc)
+    if args.dry_run:
+        print(outcome.run.experiment.plan.describe())
+        return 0
+    print(summary(outcome, time.perf_counter() - start))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -238,13 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("experiment", cmd_experiment, "train, predict and evaluate a cross-validation experiment")
     p.add_argument("config", help="experiment YAML")
-    p.add_argument("--dry-run", action="store_true", help="list the steps without running them")
+    p.add_argument("--dry-run", action="store_true", help="list the steps (done / todo) without running them")
+    p.add_argument("--profile", metavar="NAME",
+                   help="layer a bundled profile over the config: cpu (reduced budget) or paper; or a YAML path")
+    p.add_argument("--out", help="run folder (default: experiment.output_dir of the config)")
     _add_data(p)
     _add_set(p)
 
     p = verb("table3", cmd_table3, "run the paper's Table 3 grid on the datasets present")
-    p.add_argument("--profile", choices=["cpu", "paper"], default="cpu")
+    p.add_argument("--profile", choices=["cpu", "paper", "none"], default="cpu",
+                   help="cpu: reduced budget for a CPU (experiments/profiles/cpu.yaml); paper: the paper's budget; "
+                        "none: the dataset presets as they are")
     p.add_argument("--out", default="runs/table3", help="output folder")
+    p.add_argument("--rows", nargs="+", metavar="ROW",
+                   help="only these rows (e.g. rshn_h0.1 rshn_hdbscan, or 'rshn' / 'volumetric'); default all 7")
     p.add_argument("--dry-run", action="store_true", help="list the rows and datasets without running them")
     _add_data(p, required=True)
     _add_set(p)
@@ -257,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
 
     p = verb("demo", cmd_demo, "synthetic video -> train a small network -> predict -> evaluate -> overlay GIF")
-    p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-seedS for --seed S)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic video and of training")
+    p.add_argument("--dry-run", action="store_true", help="list the steps (done / todo) without running them")
     _add_set(p)
 
     p = verb("synth", cmd_synth, "write a synthetic CTC training dataset (textured dividing cells)")

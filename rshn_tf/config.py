@@ -371,14 +371,26 @@ class ExperimentConfig:
 
     Attributes:
         mode: ``two_fold``: train on 01 and evaluate on 02, and the reverse (§5.2); ``train_all``: train one model on
-            all ``data.train_sequences`` (§5.4) and evaluate on them.
+            all ``data.train_sequences`` (§5.4) and evaluate on them; ``holdout``: train one model on
+            ``data.train_sequences`` and evaluate on ``test_sequences`` (the demo).
         output_dir: Folder of the run (models, predictions, results.json/results.md).
-        cv_iterations: Iterations of each cross-validation fold (code: 40,000, notes §4.8).
+        cv_iterations: Iterations of each cross-validation fold (code: 40,000, notes §4.8); ``train_all`` and
+            ``holdout`` train for ``training.iterations``.
+        test_sequences: ``holdout`` mode: the sequences that are predicted and evaluated.
+        weights: Weights of the trained model used for prediction: ``last`` (the end of training, as the paper's
+            code evaluates its folds at max_iter, notes §4.8) or ``best`` (lowest validation or smoothed training
+            loss).
+        synthetic_frames: ``rshn demo``: frames of each synthetic sequence (not a paper value).
+        synthetic_size: ``rshn demo``: frame size (height, width) of the synthetic sequences (not a paper value).
     """
 
-    mode: Literal["two_fold", "train_all"] = "two_fold"
+    mode: Literal["two_fold", "train_all", "holdout"] = "two_fold"
     output_dir: str = "runs/experiment"
     cv_iterations: int = 40000
+    test_sequences: list[str] = field(default_factory=list)
+    weights: Literal["last", "best"] = "last"
+    synthetic_frames: int = 40
+    synthetic_size: list[int] = field(default_factory=lambda: [256, 256])
 
 
 @dataclass
@@ -493,7 +505,8 @@ def _set_value(section_obj: Any, section: str, key: str, value: Any, annotation:
         raise RshnError(
             f"{source}: key '{section}.{key}' must be {_type_name(annotation)}, got {value!r}"
         ) from None
-    if (section, key) in (("data", "train_sequences"), ("training", "validation_sequences")):
+    if (section, key) in (("data", "train_sequences"), ("training", "validation_sequences"),
+                          ("experiment", "test_sequences")):
         coerced = [normalize_sequence_name(v) for v in coerced]
     setattr(section_obj, key, coerced)
 
@@ -649,6 +662,23 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
     return config
 
 
+def load_config_layers(
+    paths: typing.Sequence[str | os.PathLike], overrides: typing.Sequence[str] = ()
+) -> Config:
+    """Like :func:`load_config` with several YAML files (or preset names) applied in order, each with its ``base``
+    chain, e.g. a dataset preset, then a Table 3 row, then a profile.
+
+    Raises:
+        RshnError: On missing files, unknown keys, wrong types or invalid values.
+    """
+    config = Config()
+    for path in paths:
+        _load_layers(resolve_config_path(path), config, ())
+    apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
 def config_from_dict(values: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a validated configuration from nested dicts (e.g. a saved ``config.yaml`` already parsed)."""
     config = apply_dict(Config(), copy.deepcopy(values), source)
@@ -726,6 +756,10 @@ def validate(config: Config, source: str = "config") -> None:
         (config.postprocessing.merge_ignore_border >= 0, "postprocessing.merge_ignore_border", "non-negative"),
         (config.tracking.min_track_length >= 1, "tracking.min_track_length", "at least 1"),
         (config.tracking.parent_search_frames >= 1, "tracking.parent_search_frames", "at least 1"),
+        (config.experiment.cv_iterations >= 1, "experiment.cv_iterations", "at least 1"),
+        (config.experiment.synthetic_frames >= 2, "experiment.synthetic_frames", "at least 2"),
+        (len(config.experiment.synthetic_size) == 2 and min(config.experiment.synthetic_size) >= 32,
+         "experiment.synthetic_size", "two integers (height, width) of at least 32"),
     ]
     for range_key in ("rotation_range", "scale_range", "intensity_shift", "intensity_scale"):
         values = getattr(config.augmentation, range_key)

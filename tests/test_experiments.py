@@ -1,0 +1,264 @@
+"""Tests of rshn_tf.experiments, rshn_tf.table3 and rshn_tf.demo: the bundled YAMLs, the step plan (markers,
+skipping, re-running), ``rshn experiment`` end to end on a synthetic video (scores checked against py-ctcmetrics run
+directly), the Table 3 grid and its outputs, and a shrunken ``rshn demo``."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from rshn_tf.cli import EXIT_USER_ERROR, main
+from rshn_tf.config import Config, load_config, preset_dir, resolve_config_path
+from rshn_tf.errors import RshnError
+from rshn_tf.experiments import (
+    Plan,
+    Step,
+    changed_keys,
+    experiment_plan,
+    load_experiment_config,
+    make_folds,
+    marker_name,
+)
+from rshn_tf.table3 import DATASETS, PAPER_TABLE3, ROWS, plan_table3, select_rows, table_csv, table_markdown
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ALL_YAMLS = sorted(p.relative_to(REPO_ROOT / "experiments") for p in (REPO_ROOT / "experiments").rglob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bundled YAMLs
+
+
+def test_every_table3_row_and_both_profiles_exist():
+    assert {p.as_posix() for p in ALL_YAMLS} >= {f"table3/{row.name}.yaml" for row in ROWS} | {
+        "profiles/cpu.yaml", "profiles/paper.yaml", "demo.yaml"} | {f"{d}.yaml" for d in (
+            "DIC-C2DH-HeLa", "Fluo-C2DL-MSC", "Fluo-N2DH-GOWT1", "Fluo-N2DL-HeLa", "PhC-C2DH-U373", "Fluo-N2DH-SIM+")}
+
+
+@pytest.mark.parametrize("name", [p.as_posix() for p in ALL_YAMLS])
+def test_check_config_passes_on_every_yaml(name, capsys):
+    path = REPO_ROOT / "experiments" / name
+    assert main(["check-config", str(path)]) == 0
+    assert f"OK  {path}" in capsys.readouterr().out
+    text = path.read_text()
+    assert "paper" in text  # every YAML says which values come from the paper (and which from the code)
+
+
+def test_presets_in_subfolders_resolve_by_name():
+    assert resolve_config_path("table3/rshn_h0.05") == preset_dir() / "table3" / "rshn_h0.05.yaml"
+    assert resolve_config_path("profiles/cpu.yaml") == preset_dir() / "profiles" / "cpu.yaml"
+
+
+def test_table3_rows_set_exactly_the_paper_grid():
+    bandwidths = {}
+    for row in ROWS:
+        config = load_config(row.preset)
+        assert config.experiment.mode == "two_fold"
+        bandwidths[row.name] = (config.model.architecture, config.postprocessing.clustering,
+                                config.postprocessing.bandwidth)
+    assert bandwidths == {
+        "rshn_h0.025": ("rshn", "mean_shift", 0.025), "rshn_h0.05": ("rshn", "mean_shift", 0.05),
+        "rshn_h0.1": ("rshn", "mean_shift", 0.1), "rshn_h0.15": ("rshn", "mean_shift", 0.15),
+        "rshn_h0.2": ("rshn", "mean_shift", 0.2), "rshn_hdbscan": ("rshn", "hdbscan", 0.1),
+        "volumetric_h0.1": ("volumetric", "mean_shift", 0.1),
+    }
+
+
+def test_profile_layers_over_a_dataset_preset_and_keeps_its_values():
+    plain = load_experiment_config("DIC-C2DH-HeLa")
+    cpu = load_experiment_config("DIC-C2DH-HeLa", profile="cpu", overrides=["postprocessing.bandwidth=0.05"])
+    changed = set(changed_keys(plain, cpu))
+    # the profile changes network, budget and tiles, never the dataset's Table 1 values
+    assert {"model.levels", "model.filters", "data.tile_size", "experiment.cv_iterations"} <= changed
+    assert not changed & {"data.resampled_size", "loss.neighbour_radius", "postprocessing.min_size",
+                          "data.border_band", "tracking.parent_search_frames"}
+    assert cpu.postprocessing.bandwidth == 0.05 and cpu.data.resampled_size == [256, 256]
+    paper = load_experiment_config("DIC-C2DH-HeLa", profile="paper")
+    assert changed_keys(plain, paper) == []
+    with pytest.raises(RshnError, match="profile 'gpu' not found; bundled profiles: cpu, paper"):
+        load_experiment_config("DIC-C2DH-HeLa", profile="gpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folds and the step plan
+
+
+def test_folds_of_each_mode():
+    config = Config()
+    assert [(f.name, f.train, f.test) for f in make_folds(config)] == [
+        ("fold1", ("01",), ("02",)), ("fold2", ("02",), ("01",))]
+    config.experiment.mode = "train_all"
+    assert [(f.name, f.train, f.test) for f in make_folds(config)] == [("all", ("01", "02"), ("01", "02"))]
+    config.experiment.mode = "holdout"
+    with pytest.raises(RshnError, match="experiment.test_sequences"):
+        make_folds(config)
+    config.experiment.test_sequences = ["03"]
+    assert [(f.train, f.test) for f in make_folds(config)] == [(("01", "02"), ("03",))]
+    config.experiment.mode = "two_fold"
+    config.data.train_sequences = ["01"]
+    with pytest.raises(RshnError, match="exactly two distinct data.train_sequences"):
+        make_folds(config)
+
+
+def test_experiment_plan_orders_steps_and_cross_validation_uses_cv_iterations():
+    config = load_experiment_config("DIC-C2DH-HeLa", data="/nowhere")
+    variants = {"h0.2": copy.deepcopy(config)}
+    variants["h0.2"].postprocessing.bandwidth = 0.2
+    experiment = experiment_plan(config, "/tmp/unused", variants)
+    names = [step.name for step in experiment.plan.steps]
+    assert names == [
+        "train[fold1]", "train[fold2]", "predict[fold1/02]", "evaluate[fold1/02]", "postprocess[h0.2, fold1/02]",
+        "evaluate[h0.2, fold1/02]", "predict[fold2/01]", "evaluate[fold2/01]", "postprocess[h0.2, fold2/01]",
+        "evaluate[h0.2, fold2/01]", "report"]
+    assert "for 40000 iterations" in experiment.plan.steps[0].description
+    assert marker_name("postprocess[h0.2, fold1/02]") == "postprocess_h0.2_fold1_02.json"
+    other_network = copy.deepcopy(config)
+    other_network.model.filters = 8
+    with pytest.raises(RshnError, match="variant 'bad' changes model.filters"):
+        experiment_plan(config, "/tmp/unused", {"bad": other_network})
+
+
+def test_plan_skips_done_steps_and_reruns_what_depends_on_a_rerun_step(tmp_path):
+    calls: list[str] = []
+    out = tmp_path / "b.txt"
+
+    def make(name: str, path: Path | None = None):
+        def action():
+            calls.append(name)
+            if path is not None:
+                path.write_text(name)
+            return {"name": name}
+        return action
+
+    def plan(key_b: str = "1") -> Plan:
+        return Plan(tmp_path, [
+            Step("a", "first", make("a")),
+            Step("b", "second", make("b", out), outputs=(out,), deps=("a",), key=key_b),
+            Step("c", "third", make("c"), deps=("b",)),
+        ])
+
+    assert [s.state for s in plan().statuses()] == ["todo", "todo", "todo"]
+    assert plan().run() == ["a", "b", "c"] and calls == ["a", "b", "c"]
+    marker = json.loads((tmp_path / "steps" / "b.json").read_text())
+    assert marker["key"] == "1" and marker["info"] == {"name": "b"}
+    assert plan().run() == [] and calls == ["a", "b", "c"]
+    assert "[done] a" in plan().describe() and "3 steps, 0 to do, 3 done" in plan().describe()
+    out.unlink()  # a missing output makes the step and its dependants run again, not the steps before it
+    assert [s.state for s in plan().statuses()] == ["done", "todo", "todo"]
+    assert plan().run() == ["b", "c"]
+    assert plan(key_b="2").run() == ["b", "c"]  # a changed configuration key as well
+    log = (tmp_path / "experiment.log").read_text()
+    assert log.count("skip a (done)") == 3 and log.count("run  b: second") == 3
+
+    def failing():
+        raise RshnError("boom")
+
+    broken = Plan(tmp_path, [Step("a", "first", make("a")), Step("d", "fails", failing, deps=("a",))])
+    with pytest.raises(RshnError, match="boom"):
+        broken.run()
+    assert not (tmp_path / "steps" / "d.json").exists()
+    with pytest.raises(ValueError, match="do not come before it"):
+        Plan(tmp_path, [Step("x", "", make("x"), deps=("y",)), Step("y", "", make("y"))])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Table 3
+
+
+def _fake_ctc(root: Path, names) -> Path:
+    for name in names:
+        for seq in ("01", "02"):
+            (root / name / seq).mkdir(parents=True)
+            (root / name / f"{seq}_GT" / "TRA").mkdir(parents=True)
+    return root
+
+
+def test_table3_dry_run_lists_seven_rows_for_each_dataset_present(tmp_path, capsys):
+    data = _fake_ctc(tmp_path / "ctc", ["DIC-C2DH-HeLa", "PhC-C2DH-U373"])
+    (data / "Fluo-N2DH-GOWT1" / "01").mkdir(parents=True)  # incomplete: no 02, no ground truth
+    out = tmp_path / "t3"
+    assert main(["table3", "--data", str(data), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    cells = [line for line in text.splitlines() if line.startswith("  [todo] ") and "(variant " in line]
+    assert len(cells) == 14
+    for dataset in ("DIC-C2DH-HeLa", "PhC-C2DH-U373"):
+        assert sum(dataset in line for line in cells) == 7
+        for row in ROWS:
+            assert any(dataset in line and f"(variant {row.name})" in line for line in cells)
+    assert "7 rows x 2 dataset(s) present" in text and "missing Fluo-N2DH-GOWT1:" in text
+    assert not out.exists()  # a dry run writes nothing
+    # the six RSHN rows share one network per fold; only the volumetric row trains its own
+    groups, missing = plan_table3(data, out, "cpu")
+    assert set(missing) == {"Fluo-N2DH-GOWT1"}
+    assert [(g.dataset, g.experiment.root.name, len(g.rows)) for g in groups] == [
+        ("DIC-C2DH-HeLa", "rshn", 6), ("DIC-C2DH-HeLa", "volumetric", 1),
+        ("PhC-C2DH-U373", "rshn", 6), ("PhC-C2DH-U373", "volumetric", 1)]
+    trains = [s.name for g in groups for s in g.experiment.plan.steps if s.name.startswith("train[")]
+    assert len(trains) == 8
+    rshn = groups[0].experiment
+    assert rshn.config.postprocessing.bandwidth == 0.1 and rshn.config.data.resampled_size == [256, 256]
+    assert rshn.variants["rshn_hdbscan"].postprocessing.clustering == "hdbscan"
+    assert rshn.variants["rshn_h0.2"].postprocessing.bandwidth == 0.2
+    u373 = groups[2].experiment
+    assert u373.config.data.resampled_size == [384, 512] and u373.config.data.dataset_dir == str(
+        data / "PhC-C2DH-U373")
+
+
+def test_table3_rows_selection_and_missing_data(tmp_path, capsys):
+    assert [r.name for r in select_rows(["volumetric", "rshn_h0.1"])] == ["rshn_h0.1", "volumetric_h0.1"]
+    with pytest.raises(RshnError, match="unknown row 'h0.3'"):
+        select_rows(["h0.3"])
+    data = _fake_ctc(tmp_path / "ctc", ["DIC-C2DH-HeLa"])
+    assert main(["table3", "--data", str(data / "DIC-C2DH-HeLa"), "--rows", "rshn_h0.05", "--dry-run"]) == 0
+    assert "1 rows x 1 dataset(s) present (DIC-C2DH-HeLa)" in capsys.readouterr().out
+    assert main(["table3", "--data", str(tmp_path), "--dry-run"]) == EXIT_USER_ERROR
+    assert "none of the Table 3 datasets" in capsys.readouterr().err
+
+
+def _hand_table():
+    rows = []
+    for k, row in enumerate(ROWS[:2]):
+        ours = {"SEG": 0.5 + 0.1 * k, "TRA": 0.8, "OP": 0.65 + 0.05 * k}
+        cell = {"ours": ours, "paper": dict(zip(("SEG", "TRA", "OP"), PAPER_TABLE3[row.name]["DIC-C2DH-HeLa"])),
+                "folds": [{"fold": "fold1", "test": "02", "SEG": 0.4 + 0.1 * k, "TRA": 0.7, "OP": 0.55},
+                          {"fold": "fold2", "test": "01", "SEG": 0.6 + 0.1 * k, "TRA": 0.9, "OP": 0.75}],
+                "run_folder": "x"}
+        rows.append({"row": row.name, "network": row.network, "clustering": row.clustering,
+                     "datasets": {"DIC-C2DH-HeLa": cell},
+                     "overall": {"ours": ours, "paper": dict(zip(("SEG", "TRA", "OP"),
+                                                                 PAPER_TABLE3[row.name]["Overall"])),
+                                 "datasets": ["DIC-C2DH-HeLa"]}})
+    return {"profile": "cpu", "datasets": ["DIC-C2DH-HeLa"], "cv_iterations": [4000], "rows": rows,
+            "paper_overall_datasets": list(DATASETS)}
+
+
+def test_table_outputs_put_our_values_beside_the_papers(tmp_path):
+    from rshn_tf.table3 import plot_table
+
+    table = _hand_table()
+    markdown = table_markdown(table)
+    assert "| RSHN | h = 0.025 | 0.500 (0.781) | 0.800 (0.933) | 0.650 (0.857) | 0.500 (0.760) |" in markdown
+    assert "| RSHN | h = 0.05 | 0.600 (0.781) | 0.800 (0.932) | 0.700 (0.857) |" in markdown
+    lines = list(csv.reader(io.StringIO(table_csv(table))))
+    assert lines[0] == ["row", "network", "clustering", "dataset", "metric", "ours", "paper", "fold1", "fold2"]
+    assert ["rshn_h0.05", "RSHN", "h = 0.05", "DIC-C2DH-HeLa", "SEG", "0.6000", "0.7810", "0.5000", "0.7000"] in lines
+    assert ["rshn_h0.025", "RSHN", "h = 0.025", "Overall", "TRA", "0.8000", "0.9480", "", ""] in lines
+    assert len(lines) == 1 + 2 * 2 * 3
+    png = plot_table(table, tmp_path / "t.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paper_table3_overall_means_are_the_means_of_the_datasets():
+    for row in ROWS:
+        values = PAPER_TABLE3[row.name]
+        for k in range(3):
+            mean = sum(values[d][k] for d in DATASETS) / 3
+            assert abs(mean - values["Overall"][k]) <= 0.0015, (row.name, k)
+        for d in DATASETS + ("Overall",):
+            seg, tra, op = values[d]
+            assert abs((seg + tra) / 2 - op) <= 0.0011, (row.name, d)
