@@ -77,7 +77,8 @@ def evaluate_result(
 
     Returns:
         Scores by name: the requested metrics plus ``OP_CTB`` when both SEG and TRA are computed. SEG (and OP_CTB)
-        is ``None`` when the ground truth has no SEG folder.
+        is ``None`` when the ground truth has no SEG folder. A result without any instance (which py-ctcmetrics
+        cannot read) scores 0 in every measure, as the CTC definitions give.
 
     Raises:
         RshnError: If the ground truth or result folder is missing or incomplete, or the result is invalid.
@@ -97,6 +98,8 @@ def evaluate_result(
     metrics = list(dict.fromkeys(metrics))
     has_seg = (gt_dir / "SEG").is_dir() and any((gt_dir / "SEG").glob("man_seg*.tif"))
     requested = [m for m in metrics if has_seg or m != "SEG"]
+    if _is_empty(res_dir, masks):
+        return _empty_scores(metrics, requested)
     if validate:
         validate_result(res_dir, threads=threads)
     scores: dict[str, float | None] = {}
@@ -117,6 +120,25 @@ def evaluate_result(
         scores.setdefault(m, None)
     if "SEG" in metrics and "TRA" in metrics:
         scores.setdefault("OP_CTB", None)
+    return scores
+
+
+def _is_empty(res_dir: Path, masks: list[Path]) -> bool:
+    """Whether a result has no track at all (empty ``res_track.txt`` and only background in every mask)."""
+    from data_io.ctc import read_tiff
+
+    if (res_dir / "res_track.txt").read_text(encoding="utf-8").strip():
+        return False
+    return all(not read_tiff(mask).any() for mask in masks)
+
+
+def _empty_scores(metrics: Sequence[str], requested: Sequence[str]) -> dict[str, float | None]:
+    """Scores of a result without a single instance, which py-ctcmetrics cannot read: by the CTC definitions
+    (Ulman et al. 2017) every measure is 0. SEG: no ground-truth object is matched; DET and TRA: turning the empty
+    graph into the ground truth costs exactly AOGM_0, the cost of building it from nothing."""
+    scores: dict[str, float | None] = {m: (0.0 if m in requested else None) for m in metrics}
+    if "SEG" in metrics and "TRA" in metrics:
+        scores["OP_CTB"] = 0.0 if "SEG" in requested else None
     return scores
 
 

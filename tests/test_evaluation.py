@@ -124,3 +124,15 @@ def test_cli_prints_a_table_or_clean_json(division_gt, tmp_path, capsys):
 def test_format_scores_marks_missing_values():
     text = format_scores({"SEG": None, "TRA": 0.5})
     assert "SEG     n/a" in text and "TRA     0.5000" in text
+
+
+def test_an_empty_result_scores_zero_as_the_ctc_definitions_give(division_gt, tmp_path):
+    case, gt = division_gt
+    res = write_ctc_result(tmp_path / "01_RES", np.zeros_like(case.expected), np.zeros((0, 4), np.int64))
+    assert evaluate_result(res, gt) == {"SEG": 0.0, "TRA": 0.0, "DET": 0.0, "OP_CTB": 0.0}
+    # one detected cell is no longer empty: py-ctcmetrics scores it
+    labels = np.zeros_like(case.expected)
+    labels[0][case.expected[0] == 1] = 1
+    res = write_ctc_result(tmp_path / "02_RES", labels, np.array([[1, 0, 0, 0]]))
+    scores = evaluate_result(res, gt)
+    assert 0.0 < scores["DET"] < 1.0 and 0.0 < scores["TRA"] < 1.0

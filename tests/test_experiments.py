@@ -262,3 +262,151 @@ def test_paper_table3_overall_means_are_the_means_of_the_datasets():
         for d in DATASETS + ("Overall",):
             seg, tra, op = values[d]
             assert abs((seg + tra) / 2 - op) <= 0.0011, (row.name, d)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rshn experiment end to end on a synthetic video
+
+TINY_YAML = """\
+data:
+  dataset: synthetic
+  tile_size: [64, 64]
+  sequence_length: 3
+  border_band: 0
+  num_workers: 1
+  seg_sample_fraction: 1.0
+model: {levels: 3, filters: 8, embedding_size: 8}
+loss: {max_instances: 4, neighbour_radius: 20}
+inference: {tile_overlap: 32, full_frame: true}
+postprocessing: {min_size: 20}
+training: {checkpoint_every: 50, log_every: 10, image_every: 0, learning_rate: 0.005}
+experiment: {mode: two_fold, cv_iterations: 100}
+"""
+
+
+def _ctc_metrics_directly(res: Path, gt: Path) -> dict:
+    import contextlib
+
+    from ctc_metrics import evaluate_sequence
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return evaluate_sequence(str(res), str(gt), metrics=["SEG", "TRA", "DET"], threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, synthetic_dataset):
+    """``rshn experiment`` run once on the synthetic dataset with the tiny config (two folds of 100 iterations: enough
+    for the tiny network to find some cells, an empty result cannot be scored)."""
+    folder = tmp_path_factory.mktemp("experiment")
+    config_path = folder / "tiny.yaml"
+    config_path.write_text(TINY_YAML)
+    out = folder / "run"
+    args = ["experiment", str(config_path), "--data", str(synthetic_dataset), "--out", str(out)]
+    assert main(args) == 0
+    return args, out, synthetic_dataset
+
+
+@pytest.mark.slow
+def test_experiment_writes_results_that_match_py_ctcmetrics(tiny_run):
+    _, out, data = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "two_fold" and results["iterations"] == 100
+    assert [(r["fold"], r["train"], r["test"]) for r in results["folds"]] == [
+        ("fold1", ["01"], "02"), ("fold2", ["02"], "01")]
+    for row in results["folds"]:
+        res = out / row["fold"] / f"{row['test']}_RES"
+        assert Path(row["result"]) == res and (res / "res_track.txt").is_file()
+        direct = _ctc_metrics_directly(res, data / f"{row['test']}_GT")
+        for metric in ("SEG", "TRA", "DET"):
+            assert row[metric] == pytest.approx(direct[metric], abs=1e-12), metric
+        assert row["OP_CTB"] == pytest.approx((direct["SEG"] + direct["TRA"]) / 2, abs=1e-12)
+    for metric in ("SEG", "TRA", "DET", "OP_CTB"):
+        assert results["mean"][metric] == pytest.approx(sum(r[metric] for r in results["folds"]) / 2, abs=1e-12)
+    markdown = (out / "results.md").read_text()
+    assert f"| fold1 | 01 | 02 | {results['folds'][0]['SEG']:.3f} |" in markdown
+    # every output folder holds the configuration that produced it
+    saved = load_config(out / "config.yaml")
+    assert saved.experiment.cv_iterations == 100 and saved.data.dataset_dir == str(data)
+    fold_model = load_config(out / "fold1" / "model" / "config.yaml")
+    assert fold_model.data.train_sequences == ["01"] and fold_model.training.iterations == 100
+    assert json.loads((out / "fold2" / "model" / "training_state.json").read_text())["step"] == 100
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_experiment_skips_every_step(tiny_run, capsys):
+    args, out, _ = tiny_run
+    weights = out / "fold1" / "model" / "weights.last.weights.h5"
+    before = weights.stat().st_mtime_ns
+    log_lines = len((out / "experiment.log").read_text().splitlines())
+    assert main(args) == 0
+    assert "(0 steps ran)" in capsys.readouterr().out
+    new_lines = (out / "experiment.log").read_text().splitlines()[log_lines:]
+    assert len(new_lines) == 7 and all(" skip " in line for line in new_lines)
+    assert weights.stat().st_mtime_ns == before  # not retrained
+    assert main([*args, "--dry-run"]) == 0
+    assert "7 steps, 0 to do, 7 done" in capsys.readouterr().out
+    # removing a result re-runs its prediction and everything after it, nothing before
+    import shutil
+
+    shutil.rmtree(out / "fold2" / "01_RES")
+    assert main([*args, "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "[done] train[fold2]" in listing and "[todo] predict[fold2/01]" in listing
+    assert "[todo] evaluate[fold2/01]" in listing and "[todo] report" in listing
+    assert "[done] evaluate[fold1/02]" in listing
+    # a changed configuration is refused, naming the key, instead of mixing two experiments in one folder
+    assert main([*args, "--set", "model.filters=4"]) == EXIT_USER_ERROR
+    assert "model.filters: 8 -> 4" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_variants_reuse_the_saved_embeddings_of_the_same_network(tiny_run):
+    from rshn_tf.experiments import run_experiment
+
+    args, out, data = tiny_run
+    config = load_experiment_config(args[1], data=data)
+    same = copy.deepcopy(config)
+    wide = copy.deepcopy(config)
+    wide.postprocessing.bandwidth = 0.3
+    variant_out = out.parent / "variants"
+    import shutil
+
+    shutil.copytree(out, variant_out)  # the finished networks: the variant run must not train again
+    outcome = run_experiment(config, variant_out, variants={"same": same, "h0.3": wide})
+    assert not any(name.startswith("train[") for name in outcome.ran)
+    assert "predict[fold1/02]" in outcome.ran  # again, now with embeddings
+    pairs = sorted((variant_out / "fold1" / "02_embeddings").glob("pair_*.npy"))
+    assert len(pairs) == 23
+    variants = outcome.results["variants"]
+    # full-frame inference: post-processing the saved embeddings with the experiment's own settings reproduces
+    # the prediction exactly
+    assert variants["same"]["mean"] == outcome.results["mean"]
+    res_same = variant_out / "fold1" / "variants" / "same" / "02_RES"
+    for mask in sorted(res_same.glob("mask*.tif")):
+        import numpy as np
+        import tifffile
+
+        np.testing.assert_array_equal(tifffile.imread(mask), tifffile.imread(variant_out / "fold1" / "02_RES"
+                                                                                 / mask.name))
+    assert "## Post-processing variants" in (variant_out / "results.md").read_text()
+    direct = _ctc_metrics_directly(variant_out / "fold2" / "variants" / "h0.3" / "01_RES", data / "01_GT")
+    row = variants["h0.3"]["folds"][1]
+    assert row["test"] == "01" and row["SEG"] == pytest.approx(direct["SEG"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_when_shrunk(tmp_path, capsys):
+    out = tmp_path / "demo"
+    shrink = ["--set", "experiment.synthetic_frames=8", "--set", "experiment.synthetic_size=[96, 96]",
+              "--set", "training.iterations=4", "--set", "training.checkpoint_every=2",
+              "--set", "data.tile_size=[64, 64]", "--set", "inference.tile_overlap=32",
+              "--set", "model.levels=3", "--set", "model.filters=8"]
+    assert main(["demo", "--out", str(out), *shrink]) == 0
+    text = capsys.readouterr().out
+    assert "held-out sequence 02 (trained on 01): SEG" in text and str(out / "overlay.gif") in text
+    assert (out / "overlay.gif").read_bytes()[:6] == b"GIF89a"
+    assert (out / "data" / "01" / "t007.tif").is_file() and not (out / "data" / "01" / "t008.tif").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "holdout" and results["folds"][0]["test"] == "02"
+    assert main(["demo", "--out", str(out), *shrink]) == 0
+    assert "all steps were already done" in capsys.readouterr().out
