@@ -165,7 +165,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     config = load_experiment_config(args.config, args.profile, args.overrides, args.data)
     try:
-        outcome = run_experiment(config, args.out, dry_run=args.dry_run)
+        outcome = run_experiment(config, args.out, dry_run=args.dry_run, only=args.only or ())
     except StepInterrupted as exc:
         return _interrupted(exc)
     if args.dry_run:
@@ -173,8 +173,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     from rshn_tf.experiments import RESULTS_MD
 
-    print((outcome.experiment.root / RESULTS_MD).read_text(encoding="utf-8"), end="")
-    print(f"\nresults in {outcome.experiment.root} ({len(outcome.ran)} steps ran)")
+    if outcome.results is not None:
+        print((outcome.experiment.root / RESULTS_MD).read_text(encoding="utf-8"), end="")
+    print(f"\n{outcome.experiment.root}: {len(outcome.ran)} steps ran"
+          + ("" if outcome.results is not None else "; no results yet (run without --only to finish)"))
     return 0
 
 
@@ -286,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="NAME",
                    help="layer a bundled profile over the config: cpu (reduced budget) or paper; or a YAML path")
     p.add_argument("--out", help="run folder (default: experiment.output_dir of the config)")
+    p.add_argument("--only", action="append", metavar="STEP",
+                   help="run only the steps matching this pattern (repeatable), e.g. 'train[fold2]' to train the "
+                        "folds in two processes that share the run folder")
     _add_data(p)
     _add_set(p)
 

@@ -38,6 +38,7 @@ Run folder::
 from __future__ import annotations
 
 import copy
+import fnmatch
 import hashlib
 import json
 import logging
@@ -180,21 +181,38 @@ class Plan:
         todo = sum(s.state == "todo" for s in statuses)
         return "\n".join([f"{self.root}: {len(statuses)} steps, {todo} to do, {len(statuses) - todo} done"] + lines)
 
-    def run(self) -> list[str]:
+    def run(self, only: Sequence[str] = ()) -> list[str]:
         """Execute the steps that are not done, in order, writing each marker after success.
+
+        Args:
+            only: Shell-style patterns (``train[fold2]``, ``*fold1*``); when given, only matching steps run (e.g. the
+                two folds' trainings in two processes or on two machines sharing the run folder) and each needs
+                the steps it depends on to be done.
 
         Returns:
             Names of the steps that ran.
 
         Raises:
             StepInterrupted: When a step was stopped by a signal (its progress is saved; re-run to continue).
-            RshnError: From a failing step (nothing is marked done for it).
+            RshnError: From a failing step (nothing is marked done for it), or when ``only`` matches no step or a
+                selected step depends on one that is not done.
         """
+        selected = {step.name for step in self.steps if not only or any(
+            fnmatch.fnmatchcase(step.name, pattern) for pattern in only)}
+        if not selected:
+            raise RshnError(f"--only {' '.join(only)}: no step matches; steps: "
+                            f"{', '.join(step.name for step in self.steps)}")
         ran: list[str] = []
         for step in self.steps:
+            if step.name not in selected:
+                continue
             if self.is_done(step) and not any(dep in ran for dep in step.deps):
                 self._log(f"skip {step.name} (done)")
                 continue
+            if only:
+                missing = [dep for dep in step.deps if dep not in ran and not self.is_done(self._step(dep))]
+                if missing:
+                    raise RshnError(f"{step.name} needs {', '.join(missing)} first (not done in {self.root})")
             self._log(f"run  {step.name}: {step.description}")
             self.marker_path(step).unlink(missing_ok=True)
             start = time.perf_counter()
@@ -207,6 +225,9 @@ class Plan:
             self._log(f"done {step.name} in {format_seconds(seconds)}")
             ran.append(step.name)
         return ran
+
+    def _step(self, name: str) -> Step:
+        return next(step for step in self.steps if step.name == name)
 
     def _log(self, message: str) -> None:
         log.info("%s", message)
@@ -707,7 +728,7 @@ class RunOutcome:
     Attributes:
         experiment: The experiment (its plan, folders, folds).
         ran: Names of the steps that ran (empty for a dry run or a finished experiment).
-        results: Content of ``results.json`` (None for a dry run).
+        results: Content of ``results.json`` (None for a dry run, or when ``only`` left the report undone).
     """
 
     experiment: Experiment
@@ -749,8 +770,10 @@ def run_experiment(
     variants: Optional[dict[str, Config]] = None,
     before: Sequence[Step] = (),
     after: Sequence[Step] = (),
+    only: Sequence[str] = (),
 ) -> RunOutcome:
-    """Run (or with ``dry_run`` only lay out) an experiment; see :func:`experiment_plan` for the arguments.
+    """Run (or with ``dry_run`` only lay out) an experiment; see :func:`experiment_plan` for the arguments and
+    :meth:`Plan.run` for ``only``.
 
     Raises:
         RshnError: On configuration or data problems (checked before anything runs) and failing steps.
@@ -762,6 +785,7 @@ def run_experiment(
     if not before:  # steps in ``before`` may create the data (the demo)
         check_dataset(config, experiment.folds)
     prepare_run_folder(experiment)
-    ran = experiment.plan.run()
-    results = json.loads((experiment.root / RESULTS_JSON).read_text(encoding="utf-8"))
+    ran = experiment.plan.run(only)
+    results_path = experiment.root / RESULTS_JSON
+    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else None
     return RunOutcome(experiment, ran, results)

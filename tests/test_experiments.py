@@ -154,6 +154,16 @@ def test_plan_skips_done_steps_and_reruns_what_depends_on_a_rerun_step(tmp_path)
     assert plan(key_b="2").run() == ["b", "c"]  # a changed configuration key as well
     log = (tmp_path / "experiment.log").read_text()
     assert log.count("skip a (done)") == 3 and log.count("run  b: second") == 3
+    calls.clear()
+
+    # --only: just the matching steps, and only when what they need is done
+    (tmp_path / "steps" / "c.json").unlink()
+    assert plan().run(only=["c"]) == ["c"]
+    (tmp_path / "steps" / "a.json").unlink()
+    with pytest.raises(RshnError, match=r"b needs a first"):
+        plan(key_b="3").run(only=["b"])
+    with pytest.raises(RshnError, match="no step matches"):
+        plan().run(only=["train*"])
 
     def failing():
         raise RshnError("boom")
@@ -339,7 +349,7 @@ def test_rerunning_a_finished_experiment_skips_every_step(tiny_run, capsys):
     before = weights.stat().st_mtime_ns
     log_lines = len((out / "experiment.log").read_text().splitlines())
     assert main(args) == 0
-    assert "(0 steps ran)" in capsys.readouterr().out
+    assert f"{out}: 0 steps ran" in capsys.readouterr().out
     new_lines = (out / "experiment.log").read_text().splitlines()[log_lines:]
     assert len(new_lines) == 7 and all(" skip " in line for line in new_lines)
     assert weights.stat().st_mtime_ns == before  # not retrained
