@@ -158,7 +158,7 @@ def test_plan_skips_done_steps_and_reruns_what_depends_on_a_rerun_step(tmp_path)
 
     # --only: just the matching steps, and only when what they need is done
     (tmp_path / "steps" / "c.json").unlink()
-    assert plan().run(only=["c"]) == ["c"]
+    assert plan(key_b="2").run(only=["c"]) == ["c"]
     (tmp_path / "steps" / "a.json").unlink()
     with pytest.raises(RshnError, match=r"b needs a first"):
         plan(key_b="3").run(only=["b"])
