@@ -187,7 +187,8 @@ def cmd_table3(args: argparse.Namespace) -> int:
 
     profile = None if args.profile == "none" else args.profile
     try:
-        _, table, text = run_table3(args.data, args.out, profile, args.overrides, args.rows, dry_run=args.dry_run)
+        _, table, text = run_table3(args.data, args.out, profile, args.overrides, args.rows, dry_run=args.dry_run,
+                                    only=args.only or ())
     except StepInterrupted as exc:
         return _interrupted(exc)
     print(text, end="" if text.endswith("\n") else "\n")
@@ -301,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/table3", help="output folder")
     p.add_argument("--rows", nargs="+", metavar="ROW",
                    help="only these rows (e.g. rshn_h0.1 rshn_hdbscan, or 'rshn' / 'volumetric'); default all 7")
+    p.add_argument("--only", action="append", metavar="STEP",
+                   help="run only the steps matching this pattern in every experiment (repeatable), e.g. '*fold1*'")
     p.add_argument("--dry-run", action="store_true", help="list the rows and datasets without running them")
     _add_data(p, required=True)
     _add_set(p)

@@ -19,6 +19,7 @@ Outputs in the Table 3 folder: ``table3.md`` (the paper's layout, our value next
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import logging
 import os
@@ -30,15 +31,14 @@ from rshn_tf.config import Config
 from rshn_tf.errors import RshnError
 from rshn_tf.experiments import (
     Experiment,
-    RunOutcome,
     changed_keys,
     check_dataset,
+    collect_results,
     experiment_plan,
     load_experiment_config,
     prepare_run_folder,
     write_json_atomic,
     write_text_atomic,
-    collect_results,
 )
 
 log = logging.getLogger(__name__)
@@ -245,12 +245,17 @@ def run_table3(
     overrides: Sequence[str] = (),
     rows: Optional[Sequence[str]] = None,
     dry_run: bool = False,
+    only: Sequence[str] = (),
 ) -> tuple[list[Group], Optional[dict[str, Any]], str]:
     """Run (or list) the Table 3 grid and write ``table3.md``, ``table3.csv``, ``table3.json`` and ``table3.png``.
 
+    Args:
+        only: Step-name patterns (see :meth:`rshn_tf.experiments.Plan.run`): run just those steps of every
+            experiment (e.g. ``*fold1*``); the table is written once every step is done.
+
     Returns:
-        ``(groups, table, text)``: the experiments, the table content (None for a dry run) and the text to print
-        (the dry-run listing or the markdown table).
+        ``(groups, table, text)``: the experiments, the table content (None for a dry run or while steps are left)
+        and the text to print (the dry-run listing, the markdown table, or what is left to do).
 
     Raises:
         RshnError: If no Table 3 dataset is present, or from the experiments.
@@ -269,7 +274,14 @@ def run_table3(
         log.info("Table 3: %s, %s (%s)", group.dataset, group.experiment.root.name,
                  ", ".join(row.name for row in group.rows))
         prepare_run_folder(group.experiment)
-        group.experiment.plan.run()
+        plan = group.experiment.plan
+        if only and not any(fnmatch.fnmatchcase(step.name, p) for step in plan.steps for p in only):
+            continue
+        plan.run(only)
+    left = [f"{g.experiment.root}: {s.step.name}" for g in groups for s in g.experiment.plan.statuses()
+            if s.state == "todo"]
+    if left:
+        return groups, None, f"{len(left)} steps left to do (run without --only to finish):\n  " + "\n  ".join(left)
     table = collect_table(groups, profile)
     write_table(table, out_dir)
     return groups, table, table_markdown(table)
