@@ -522,14 +522,17 @@ def experiment_plan(
                 post_config = variant_config(train_config, variant)
                 post_key = config_digest(post_config, _TRAIN_SECTIONS + ("inference", "postprocessing", "tracking"))
                 post_name = f"postprocess[{name}, {where}]"
-                steps.append(Step(
-                    name=post_name,
-                    description=f"cluster and track the embeddings of {seq} with variant {name} -> "
-                                f"{experiment.result_dir(fold, seq, name)}",
-                    action=_postprocess_action(post_config, embeddings, Path(config.data.dataset_dir or ".") / seq,
-                                               experiment.result_dir(fold, seq, name)),
-                    outputs=(experiment.result_dir(fold, seq, name),), deps=(predict_name,), key=post_key,
-                ))
+                target = experiment.result_dir(fold, seq, name)
+                if reproduces_prediction(config, variant):
+                    description = (f"copy {experiment.result_dir(fold, seq)} (variant {name} has the experiment's "
+                                   f"own post-processing; full-frame embeddings reproduce it exactly) -> {target}")
+                    action = _copy_action(experiment.result_dir(fold, seq), target)
+                else:
+                    description = f"cluster and track the embeddings of {seq} with variant {name} -> {target}"
+                    action = _postprocess_action(post_config, embeddings, Path(config.data.dataset_dir or ".") / seq,
+                                                 target)
+                steps.append(Step(name=post_name, description=description, action=action, outputs=(target,),
+                                  deps=(predict_name,), key=post_key))
                 evaluations.append(_add_evaluate(steps, experiment, fold, seq, name, post_name, post_key))
     steps.append(Step(
         name="report", description=f"write {root / RESULTS_JSON} and {root / RESULTS_MD}",
@@ -609,6 +612,27 @@ def _postprocess_action(config: Config, embeddings_dir: Optional[Path], input_di
         return {"frames": processor.num_frames,
                 "seconds_per_frame": {k: round(v / max(processor.num_frames, 1), 4)
                                       for k, v in processor.timings.items()}}
+
+    return action
+
+
+def reproduces_prediction(config: Config, variant: Config) -> bool:
+    """Whether post-processing the saved embeddings with ``variant`` gives exactly the prediction's own result:
+    same post-processing and tracking, and full-frame inference (in tiles mode the saved full-grid embeddings
+    merge the tiles, so ``rshn postprocess`` on them only approximates ``rshn predict``)."""
+    return config.inference.full_frame and not [
+        key for key in changed_keys(config, variant) if key.split(".")[0] in VARIANT_SECTIONS]
+
+
+def _copy_action(source: Path, target: Path) -> Callable[[], dict]:
+    def action() -> dict:
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        return {"copied_from": str(source)}
 
     return action
 

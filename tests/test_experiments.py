@@ -388,16 +388,24 @@ def test_variants_reuse_the_saved_embeddings_of_the_same_network(tiny_run):
     pairs = sorted((variant_out / "fold1" / "02_embeddings").glob("pair_*.npy"))
     assert len(pairs) == 23
     variants = outcome.results["variants"]
-    # full-frame inference: post-processing the saved embeddings with the experiment's own settings reproduces
-    # the prediction exactly
     assert variants["same"]["mean"] == outcome.results["mean"]
-    res_same = variant_out / "fold1" / "variants" / "same" / "02_RES"
-    for mask in sorted(res_same.glob("mask*.tif")):
-        import numpy as np
-        import tifffile
+    # the experiment's own post-processing is copied, not repeated: full-frame embeddings reproduce the prediction
+    # exactly, as running the post-processing on them shows
+    step = next(s for s in outcome.experiment.plan.steps if s.name == "postprocess[same, fold1/02]")
+    assert step.description.startswith("copy ")
+    import numpy as np
+    import tifffile
 
+    from rshn_tf.postprocess import run_postprocess
+
+    check = variant_out / "check_RES"
+    run_postprocess(variant_out / "fold1" / "02_embeddings", check,
+                    load_config(variant_out / "fold1" / "model" / "config.yaml"), (128, 128))
+    masks = sorted(check.glob("mask*.tif"))
+    assert len(masks) == 24
+    for mask in masks:
         np.testing.assert_array_equal(tifffile.imread(mask), tifffile.imread(variant_out / "fold1" / "02_RES"
-                                                                                 / mask.name))
+                                                                             / mask.name))
     assert "## Post-processing variants" in (variant_out / "results.md").read_text()
     direct = _ctc_metrics_directly(variant_out / "fold2" / "variants" / "h0.3" / "01_RES", data / "01_GT")
     row = variants["h0.3"]["folds"][1]
