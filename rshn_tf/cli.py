@@ -162,8 +162,28 @@ def cmd_table3(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    """Build or check a CTC submission folder."""
-    raise _not_yet("package", "the CTC submission packager (issue 8) is not implemented")
+    """Build or check a CTC submission folder; ``--check`` exits with 1 when the submission has problems."""
+    if args.check:
+        extra = [f"--{name}" for name in ("model", "dataset", "out") if getattr(args, name)]
+        if extra or args.overrides or args.wheels:
+            raise RshnError(f"package --check verifies a finished submission; it takes only --data, not "
+                            f"{', '.join(extra + ['--set'] * bool(args.overrides) + ['--wheels'] * args.wheels)}")
+        from ctc_submission.check import check_submission
+
+        report = check_submission(args.check, data_dir=args.data)
+        print(report.format())
+        return 0 if report.ok else 1
+    missing = [f"--{name}" for name in ("model", "dataset", "out") if not getattr(args, name)]
+    if missing:
+        raise RshnError(f"package needs {', '.join(missing)} (or --check SUBMISSION_DIR to verify a submission)")
+    from ctc_submission.packager import package_submission
+
+    result = package_submission(args.model, args.dataset, args.out, data_dir=args.data, weights=args.weights,
+                                overrides=args.overrides, wheels=args.wheels)
+    print(f"packaged {args.dataset} into {result.sw_dir} (datasets: {', '.join(result.datasets)})")
+    for res in result.results:
+        print(f"wrote {res}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -249,12 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, required=True)
     _add_set(p)
 
-    p = verb("package", cmd_package, "build (or --check) a CTC submission folder")
-    p.add_argument("--model", help="model folder")
-    p.add_argument("--dataset", help="CTC dataset name, e.g. DIC-C2DH-HeLa")
-    p.add_argument("--out", help="submission folder to write")
-    p.add_argument("--check", metavar="SUBMISSION_DIR", help="verify a finished submission folder")
-    _add_data(p)
+    p = verb("package", cmd_package, "build (or --check) a CTC submission folder: SW/ with launchers, model, code")
+    p.add_argument("--model", help="model folder (config.yaml + weights)")
+    p.add_argument("--dataset", help="CTC dataset name, e.g. DIC-C2DH-HeLa (names the launchers and ../DATASET)")
+    p.add_argument("--out", help="submission folder to write (SUBMISSION_DIR/SW); other datasets in it are kept")
+    p.add_argument("--weights", choices=["best", "last"], default="best", help="which weights to bundle")
+    p.add_argument("--wheels", action="store_true",
+                   help="also download every requirement as a wheel into SW/wheels for an offline installation")
+    p.add_argument("--check", metavar="SUBMISSION_DIR",
+                   help="verify a finished submission folder (scripts, results, frame counts); exit 1 on problems")
+    p.add_argument("--data", metavar="PATH",
+                   help="challenge data of the dataset (folder with 01 and 02, or holding DATASET/01 ...): run the "
+                        "launchers and put DATASET/0X_RES into the submission; with --check, where the inputs are")
+    _add_set(p)
 
     p = verb("demo", cmd_demo, "synthetic video -> train a small network -> predict -> evaluate -> overlay GIF")
     p.add_argument("--out", default="runs/demo", help="output folder")

@@ -74,7 +74,6 @@ NOT_YET = {
     "predict": ["predict", "--model", "m", "--input", "i", "--output", "o"],
     "experiment": ["experiment", "DIC-C2DH-HeLa"],
     "table3": ["table3", "--data", "d"],
-    "package": ["package", "--check", "s"],
     "demo": ["demo"],
 }
 
