@@ -281,7 +281,7 @@ def _build_sw(tmp: Path, sw_dir: Path, folder: ModelFolder, weights: str, config
     _write_executable(tmp / ENV_SCRIPT, sw_files.env_script())
     packages, package_data = _copy_code(tmp / SRC_DIR)
     (tmp / SRC_DIR / "pyproject.toml").write_text(
-        sw_files.pyproject(rshn_tf.__version__, packages, package_data), encoding="utf-8")
+        sw_files.pyproject(rshn_tf.__version__, packages, package_data, declared_requirements()), encoding="utf-8")
     requirements = sw_files.requirements(runtime_requirements(), rshn_tf.__version__, _python_version(),
                                          _platform_name())
     (tmp / REQUIREMENTS_FILE).write_text(requirements, encoding="utf-8")
@@ -492,27 +492,36 @@ def _hardware() -> str:
 # Helpers
 
 
-def _declared_requirements() -> list[tuple[str, list[str]]]:
-    """(name, alternative names) of every runtime requirement of rshn-tf, in declaration order."""
+def declared_requirements() -> list[str]:
+    """The runtime requirement lines of rshn-tf (``name>=version; marker``), extras left out.
+
+    Read from the ``setup.cfg`` beside the imported ``rshn_tf`` package (source checkout) or from the installed
+    distribution's metadata (also of the bundled ``SW/src``, which declares the same lines).
+
+    Raises:
+        RshnError: If neither exists.
+    """
     setup_cfg = Path(rshn_tf.__file__).resolve().parent.parent / "setup.cfg"
     lines: list[str] = []
     if setup_cfg.is_file():
         parser = configparser.ConfigParser()
         parser.read(setup_cfg, encoding="utf-8")
         if parser.get("metadata", "name", fallback="") == DISTRIBUTION:
-            lines = [line for line in parser.get("options", "install_requires", fallback="").splitlines() if line]
+            lines = parser.get("options", "install_requires", fallback="").splitlines()
     if not lines:
         try:
             lines = metadata.requires(DISTRIBUTION) or []
         except metadata.PackageNotFoundError:
             raise RshnError(f"cannot find the requirements of rshn-tf: neither {setup_cfg} nor an installed "
                             f"'{DISTRIBUTION}' distribution") from None
+    return [line.strip() for line in lines if line.strip() and "extra" not in line.partition(";")[2]]
+
+
+def _declared_requirements() -> list[tuple[str, list[str]]]:
+    """(name, alternative names) of every runtime requirement of rshn-tf, in declaration order."""
     names = []
-    for line in lines:
-        requirement, _, marker = line.partition(";")
-        if "extra" in marker:
-            continue
-        name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    for line in declared_requirements():
+        name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
         if name and name.group(1) not in names:
             names.append(name.group(1))
     # requirements that differ only by an environment marker (tensorflow-cpu / tensorflow) are alternatives

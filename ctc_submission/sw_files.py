@@ -8,6 +8,7 @@ Challenge run the scripts on their own machines from inside ``SW/``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -155,8 +156,10 @@ rshn_sw_setup
 '''
 
 
-def pyproject(version: str, packages: Sequence[str], package_data: dict[str, list[str]]) -> str:
-    """``src/pyproject.toml``: the bundled code as an installable project (dependencies: ``../requirements.txt``)."""
+def pyproject(version: str, packages: Sequence[str], package_data: dict[str, list[str]],
+              dependencies: Sequence[str]) -> str:
+    """``src/pyproject.toml``: the bundled code as an installable project declaring rshn-tf's requirement lines
+    (the launchers install it with ``--no-deps`` after the pinned ``../requirements.txt``)."""
     lines = [
         "[build-system]",
         'requires = ["setuptools>=61", "wheel"]',
@@ -168,7 +171,10 @@ def pyproject(version: str, packages: Sequence[str], package_data: dict[str, lis
         'description = "Cell segmentation and tracking with cosine embeddings and recurrent stacked hourglass '
         'networks (Payer et al., MedIA 2019), bundled for a Cell Tracking Challenge submission"',
         'requires-python = ">=3.10"',
-        "# The dependencies are pinned in ../requirements.txt; the launchers install them before this package.",
+        "# Pinned versions of these are in ../requirements.txt; the launchers install them before this package.",
+        "dependencies = [",
+        *[f"    {json.dumps(line)}," for line in dependencies],
+        "]",
         "",
         "[project.scripts]",
         'rshn = "rshn_tf.cli:main"',
