@@ -414,8 +414,13 @@ def _download_wheels(sw: Path) -> None:
 
 def _dataset_input_dir(data: Path, dataset: str) -> Path:
     """The folder holding the dataset's sequences ``01`` and ``02``: ``data`` itself or ``data/<dataset>``."""
+    from ctc_submission.check import count_frames
+
     for candidate in (data, data / dataset):
         if all((candidate / s).is_dir() for s in SEQUENCES):
+            for sequence in SEQUENCES:
+                if not count_frames(candidate / sequence):
+                    raise RshnError(f"{candidate / sequence}: holds no t*.tif frames (challenge input expected)")
             return candidate.resolve()
     if not data.is_dir():
         raise RshnError(f"{data}: dataset folder not found")

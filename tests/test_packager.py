@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -220,6 +221,9 @@ def test_package_refuses_bad_input_with_clear_errors(tmp_path, capsys):
     challenge_sequence(data, "01")
     with pytest.raises(RshnError, match="no challenge sequence folder 02"):
         package_submission(model, OTHER, out, weights="last", data_dir=data)
+    (data / "02").mkdir()
+    with pytest.raises(RshnError, match=r"02: holds no t\*\.tif frames"):
+        package_submission(model, OTHER, out, weights="last", data_dir=data)
     # the command line: missing arguments and mixed modes
     assert main(["package", "--model", str(model)]) == 2
     assert "package needs --dataset, --out" in capsys.readouterr().err
@@ -245,6 +249,24 @@ def test_launcher_fails_clearly_when_the_input_is_missing_or_empty(tmp_path):
     assert result.returncode == 1
     assert f"error: input folder ../{DATASET}/01 holds no t*.tif frames" in result.stderr
     assert not (sw / ".venv").exists() and not (out / DATASET / "01_RES").exists()
+
+
+@pytest.mark.slow
+def test_failing_launcher_leaves_no_inputs_or_environment_in_the_submission(tmp_path, monkeypatch):
+    """``--data`` with a model whose weights are not a weights file: the launcher fails, the packager says so and
+    removes the input links and SW/.venv it created."""
+    monkeypatch.setenv("RSHN_SW_SYSTEM_SITE_PACKAGES", "1")
+    monkeypatch.setenv("RSHN_SW_PYTHON", sys.executable)
+    data = tmp_path / "challenge" / DATASET
+    for sequence in SEQUENCES:
+        challenge_sequence(data, sequence, frames=4)
+    out = tmp_path / "submission"
+    with pytest.raises(RshnError, match=re.escape(f"{DATASET}-01.sh: failed with exit status ")):
+        package_submission(fake_model(tmp_path / "model"), DATASET, out, data_dir=data.parent)
+    assert sorted(p.name for p in (out / "SW").iterdir()) == sorted(
+        [f"{DATASET}-01.sh", f"{DATASET}-02.sh", "rshn_sw.sh", "README.md", "requirements.txt", "models", "src"])
+    assert list((out / DATASET).iterdir()) == []
+    assert sorted(p.name for p in (data / "01").iterdir()) == [f"t00{t}.tif" for t in range(4)]  # inputs untouched
 
 
 # ---------------------------------------------------------------------------------------------------------------
