@@ -330,3 +330,85 @@ def test_check_compares_with_inputs_given_by_data(tmp_path):
     assert check_submission(out, data_dir=data / DATASET).ok
     shutil.rmtree(out / DATASET / "02_RES")
     assert check_submission(out, data_dir=data).problems == [f"{DATASET}: 02_RES missing (run {DATASET}-02.sh)"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end: a tiny trained model, packaged and run as the organisers run it
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, synthetic_dataset) -> Path:
+    """A model folder of a tiny network trained for a few iterations on the synthetic CTC dataset."""
+    from rshn_tf.training import train
+
+    config = load_config(None, [*SMALL, 'data.train_sequences=["01"]', "data.num_workers=1",
+                                "training.iterations=4", "training.checkpoint_every=2", "training.log_every=2",
+                                "training.image_every=0"])
+    config.data.dataset_dir = str(synthetic_dataset)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    train(config, folder, progress=False)
+    return folder
+
+
+def challenge_data(root: Path, frames: int = 8) -> list:
+    """``root/<DATASET>/01`` and ``02`` with raw frames only, as the challenge distributes its test data."""
+    return [challenge_sequence(root / DATASET, sequence, frames=frames, seed=20 + s)
+            for s, sequence in enumerate(SEQUENCES)]
+
+
+@pytest.mark.slow
+def test_organisers_run_the_packaged_launchers(tmp_path, tiny_model):
+    from rshn_tf.evaluation import validate_result
+
+    out = tmp_path / "submission"
+    package_submission(tiny_model, DATASET, out)
+    sw = out / "SW"
+    assert_no_local_paths_or_data(out, tmp_path)
+    challenge_data(out)
+    runs = [run_launcher(sw, f"{DATASET}-{sequence}.sh", RSHN_SW_SYSTEM_SITE_PACKAGES="1") for sequence in SEQUENCES]
+    for result in runs:
+        assert result.returncode == 0, result.stderr[-3000:]
+    creating = "creating the Python environment .venv (system-site-packages)"
+    assert creating in runs[0].stderr and creating not in runs[1].stderr  # the second launcher reuses it
+    for sequence in SEQUENCES:
+        res = out / DATASET / f"{sequence}_RES"
+        validate_result(res)  # py-ctcmetrics
+        assert sorted(p.name for p in res.glob("mask*.tif")) == [f"mask{t:03d}.tif" for t in range(8)]
+    report = check_submission(out)
+    assert report.ok, report.format()
+
+    # the launchers ran the bundled code installed (non-editable) into SW/.venv, not this checkout ...
+    venv_python = sw / ".venv" / "bin" / "python"
+    where = subprocess.run([str(venv_python), "-c", "import rshn_tf; print(rshn_tf.__file__)"], cwd=tmp_path,
+                           env=clean_env(), capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(sw / ".venv")
+    # ... and that installation packages the same submission again
+    again = subprocess.run([str(venv_python), "-m", "rshn_tf.cli", "package", "--model", f"models/{DATASET}",
+                            "--dataset", DATASET, "--out", "../../again"], cwd=sw, env=clean_env(),
+                           capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    copy = tmp_path / "again" / "SW"
+    for path in all_files(copy):
+        if path.name != "model_info.json":
+            assert path.read_bytes() == (sw / path.relative_to(copy)).read_bytes(), path
+
+
+@pytest.mark.slow
+def test_package_with_data_runs_the_launchers_and_checks_the_results(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("RSHN_SW_SYSTEM_SITE_PACKAGES", "1")
+    monkeypatch.setenv("RSHN_SW_PYTHON", sys.executable)
+    videos = challenge_data(tmp_path / "challenge", frames=6)
+    out = tmp_path / "submission"
+    assert main(["package", "--model", str(tiny_model), "--dataset", DATASET, "--out", str(out),
+                 "--data", str(tmp_path / "challenge")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [DATASET, "SW"]
+    assert sorted(p.name for p in (out / DATASET).iterdir()) == ["01_RES", "02_RES"]  # results, no inputs
+    assert not (out / "SW" / ".venv").exists() and not (out / "SW" / ".venv.lock").exists()
+    for sequence, video in zip(SEQUENCES, videos):
+        assert len(list((out / DATASET / f"{sequence}_RES").glob("mask*.tif"))) == len(video.frames)
+    assert check_submission(out, data_dir=tmp_path / "challenge").ok
+    readme = (out / "SW" / "README.md").read_text()
+    assert f"- {DATASET}: measured: " in readme and "01: 6 frames in" in readme
+    timing = json.loads((out / "SW" / "models" / DATASET / "model_info.json").read_text())["timing"]
+    assert sorted(timing["sequences"]) == list(SEQUENCES) and timing["seconds_per_frame"] > 0
+    assert_no_local_paths_or_data(out, tmp_path)
