@@ -277,7 +277,7 @@ def _build_sw(tmp: Path, sw_dir: Path, folder: ModelFolder, weights: str, config
     shutil.copyfile(folder.weights_path(weights), model / WEIGHTS_FILES[weights])
     _write_json(model / MODEL_INFO_FILE, _model_info(folder, weights))
     for sequence in SEQUENCES:
-        _write_executable(tmp / launcher_name(dataset, sequence), sw_files.launcher_script(dataset, sequence))
+        _write_executable(tmp / launcher_name(dataset, sequence), sw_files.launcher_script(dataset, sequence, weights))
     _write_executable(tmp / ENV_SCRIPT, sw_files.env_script())
     packages, package_data = _copy_code(tmp / SRC_DIR)
     (tmp / SRC_DIR / "pyproject.toml").write_text(

@@ -141,8 +141,9 @@ fi
 '''
 
 
-def launcher_script(dataset: str, sequence: str) -> str:
-    """The CTC launcher of one dataset and sequence (run with ``bash`` from anywhere; uses relative paths only)."""
+def launcher_script(dataset: str, sequence: str, weights: str = "best") -> str:
+    """The CTC launcher of one dataset and sequence (run with ``bash`` from anywhere; uses relative paths only);
+    ``weights`` names the bundled weights (``best`` or ``last``)."""
     data = f"../{dataset}/{sequence}"
     return f'''#!/usr/bin/env bash
 # rshn-tf submission to the Cell Tracking Challenge: dataset {dataset}, sequence {sequence}.
@@ -152,7 +153,8 @@ cd "$(dirname "$0")"
 source ./{ENV_SCRIPT}
 rshn_sw_check_input "{data}"
 rshn_sw_setup
-{VENV_DIR}/bin/python -m rshn_tf.cli predict --model "{MODELS_DIR}/{dataset}" --input "{data}" --output "{data}_RES"
+{VENV_DIR}/bin/python -m rshn_tf.cli predict --model "{MODELS_DIR}/{dataset}" --input "{data}" --output "{data}_RES" \\
+    --weights {weights}
 '''
 
 

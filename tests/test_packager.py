@@ -135,7 +135,7 @@ def test_package_writes_a_self_contained_sw_folder(tmp_path):
     launcher = (sw / f"{DATASET}-02.sh").read_text()
     assert "set -euo pipefail" in launcher and 'cd "$(dirname "$0")"' in launcher
     assert (f'-m rshn_tf.cli predict --model "models/{DATASET}" --input "../{DATASET}/02" '
-            f'--output "../{DATASET}/02_RES"') in launcher
+            f'--output "../{DATASET}/02_RES" \\\n    --weights best\n') in launcher
 
     # the model: resolved config (named dataset, no training-data path) and the chosen weights only
     bundled = sw / "models" / DATASET
@@ -188,6 +188,8 @@ def test_several_datasets_share_one_submission_folder(tmp_path):
     assert sorted(p.name for p in (sw / "models" / DATASET).iterdir()) == [
         "config.yaml", "model_info.json", "weights.last.weights.h5"]
     assert (sw / "models" / DATASET / "weights.last.weights.h5").read_bytes() == b"last weights of m3"
+    assert (sw / f"{DATASET}-01.sh").read_text().endswith("--weights last\n")
+    assert (sw / f"{OTHER}-01.sh").read_text().endswith("--weights best\n")
     assert ModelFolder(sw / "models" / DATASET).read_config().postprocessing.bandwidth == 0.2
     assert (sw / "models" / OTHER / "weights.best.weights.h5").read_bytes() == other_weights
     assert ModelFolder(sw / "models" / OTHER).read_config().data.dataset == OTHER
