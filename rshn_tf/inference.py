@@ -27,7 +27,8 @@ Batching (``inference.batch_tiles``, ``inference.max_batch_tiles``): the tiles o
 smaller last batch does not retrace). Results equal the per-tile loop up to float rounding of the convolution
 library.
 
-Architectures: the RSHN runs frame by frame with explicit states (:meth:`RecurrentStackedHourglass.step`); the SHN
+Architectures: the RSHN runs frame by frame with explicit states (:meth:`RecurrentStackedHourglass.step`; frames
+whose embeddings a window does not use only advance the states, :meth:`RecurrentStackedHourglass.advance`); the SHN
 has no temporal context, so each frame runs once and consecutive frames form the pairs (the same embeddings any
 window would give); the volumetric network runs each window (B, l, h, w, 1) in one pass, and pairs are taken from
 its output volume like for the RSHN (notes §2.1).
@@ -331,6 +332,9 @@ class PairEmbedder:
                 return model.normalized_embeddings(outputs), new_states
 
             self._function = tf.function(step, input_signature=[frame_spec, state_specs])
+            advance = getattr(model, "advance", None)
+            self._advance = (tf.function(advance, input_signature=[frame_spec, state_specs]) if advance is not None
+                             else None)
             self._zeros: dict[int, Any] = {}
         elif isinstance(model, VolumetricStackedHourglass):
             self.kind = "volumetric"
@@ -347,8 +351,9 @@ class PairEmbedder:
 
     @property
     def tracing_count(self) -> int:
-        """How often the network function was traced (1 after the first call; more would mean retracing)."""
-        return self._function.experimental_get_tracing_count()
+        """How often each network function was traced at most (1 once used; more would mean retracing)."""
+        functions = [self._function] + ([self._advance] if getattr(self, "_advance", None) is not None else [])
+        return max(f.experimental_get_tracing_count() for f in functions)
 
     def pairs(self, source: FrameSource) -> Iterator[PairEmbeddings]:
         """Yield the embeddings of pairs ⟨0, 1⟩ … ⟨T−2, T−1⟩ (⟨0, 0⟩ for T = 1) of ``source`` in order."""
@@ -382,10 +387,14 @@ class PairEmbedder:
             inputs = self._inputs(source, t)
             start = time.perf_counter()
             outputs = []
+            needed = t in window.needed
             for k, chunk in enumerate(chunks):
-                embeddings, states[k] = self._function(tf.constant(inputs[chunk]), states[k])
-                outputs.append(embeddings)
-            if t in window.needed:
+                if needed or self._advance is None:
+                    embeddings, states[k] = self._function(tf.constant(inputs[chunk]), states[k])
+                    outputs.append(embeddings)
+                else:  # only the states are needed from this frame
+                    states[k] = self._advance(tf.constant(inputs[chunk]), states[k])
+            if needed:
                 kept[t] = np.concatenate([o.numpy() for o in outputs]) if len(outputs) > 1 else outputs[0].numpy()
             self.timings["network"] += time.perf_counter() - start
             self.frame_steps += 1

@@ -181,6 +181,21 @@ def test_tile_embeddings_match_the_whole_window_call(architecture):
     assert embedder.tracing_count == 1  # batches of 3, 3 and 2 tiles share one trace
 
 
+def test_advance_gives_the_states_of_step():
+    config = tiny_config()
+    model = tiny_model(config)
+    frames = tf.constant(random_frames(2, (32, 48), seed=2)[..., None])
+    states = model.zero_states(2, 32, 48)
+    step, advance = tf.function(model.step), tf.function(model.advance)
+    for _ in range(3):
+        _, expected = step(frames, states)
+        got = advance(frames, states)
+        for k in range(config.model.stacks):
+            for level in range(config.model.levels):
+                np.testing.assert_array_equal(got[k][level].numpy(), expected[k][level].numpy())
+        states = expected
+
+
 def test_batched_tiles_equal_the_per_tile_loop():
     frames = random_frames(5, (96, 160), seed=3)
     results = {}
