@@ -13,6 +13,9 @@ TensorFlow's thread settings apply from the start):
   tile separately, states reset, l frames through ``tf.function(model.step)`` with batch 1; timed over
   ``--baseline-windows`` windows; its network seconds per window is compared with the network seconds per window of
   ``speed`` (the ratio is machine-independent).
+* ``oracle``: the post-processing alone on oracle embeddings of DIC-C2DH-HeLa 02 (silver truth, one unit vector
+  per cell, as in ``tests/test_postprocess.py``): the post-processing cost of a well-trained model, to add to the
+  network seconds of ``speed`` when that ran with random weights.
 * ``memory``: ``rshn predict`` on Fluo-N2DL-HeLa 01 (700 × 1100, 40 tiles) with the paper network and random
   weights, by default at full length in full-frame mode; ``--memory-set`` adds ``--set`` overrides and
   ``--memory-frames`` limits the frames (both are printed).
@@ -24,7 +27,7 @@ Other processes share the 2 cores of the development machine; the load average i
 
 Usage (from the repository root)::
 
-    python benchmarks/bench_inference.py                                  # speed + baseline + memory + micro
+    python benchmarks/bench_inference.py                                  # all sections
     python benchmarks/bench_inference.py --sections speed baseline --frames 30
     python benchmarks/bench_inference.py --sections memory --memory-frames 12 --memory-set inference.full_frame=false
 """
@@ -137,6 +140,36 @@ def worker_baseline(args: argparse.Namespace) -> dict:
                 tile_frame_s=float(np.mean(seconds)) / (layout.num_inputs * length), load=load())
 
 
+def worker_oracle(args: argparse.Namespace) -> dict:
+    """Post-processing of DIC-C2DH-HeLa 02 on oracle embeddings (the silver truth with TRA ids, one unit vector per
+    cell by graph colouring per window, e_b for the background, noise 0.05): what it costs for a trained model."""
+    import numpy as np
+
+    from data_io.ctc import load_sequence
+    from data_io.preprocess import network_shape
+    from data_io.resample import resample_2d
+    from rshn_tf.config import load_config
+    from rshn_tf.postprocess import STAGES, PostProcessor
+    from tests import cases
+
+    config = load_config("DIC-C2DH-HeLa")
+    sequence = load_sequence(Path(args.input), "02", load_silver=True)
+    frames = sequence.num_frames if args.windows <= 0 else min(args.windows, sequence.num_frames)
+    shape = network_shape(sequence.shape, config.data)
+    video = np.stack([resample_2d(sequence.silver_seg[t].astype(np.int32), shape, "nearest")
+                      for t in range(frames)])
+    colourings = cases.window_colourings(video, config.data.sequence_length, config.loss.neighbour_radius)
+    noise = cases.noise_fields(shape, len(colourings), 0.05, np.random.default_rng(0))
+    processor = PostProcessor(config, sequence.shape)
+    for t, (colouring, field) in enumerate(zip(colourings, noise)):
+        processor.add_pair(cases.oracle_pair(video, t, colouring, field))
+    with tempfile.TemporaryDirectory() as tmp:
+        processor.finish(Path(tmp) / "RES")
+    cells = float(np.mean([np.unique(f).size - 1 for f in video]))
+    return dict(frames=frames, cells=cells, stages={k: processor.timings[k] / frames for k in STAGES},
+                postprocessing_s=sum(processor.timings[k] for k in STAGES) / frames, load=load())
+
+
 def worker_micro(args: argparse.Namespace) -> dict:
     """One paper-network RSHN step on (batch, 256, 256, 1) with the given thread settings."""
     import numpy as np
@@ -186,8 +219,8 @@ def print_predict(title: str, r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", nargs="+", default=["speed", "baseline", "memory", "micro"],
-                        choices=["speed", "baseline", "memory", "micro"])
+    parser.add_argument("--sections", nargs="+", default=["speed", "baseline", "oracle", "memory", "micro"],
+                        choices=["speed", "baseline", "oracle", "memory", "micro"])
     parser.add_argument("--data", type=Path, help="folder of the CTC datasets (default: the tests' ctc_root)")
     parser.add_argument("--model", type=Path, help="trained DIC-C2DH-HeLa model folder (default: random weights)")
     parser.add_argument("--frames", type=int, default=0, help="speed: first N frames of DIC 02 (0 = all 115)")
@@ -210,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.worker:
-        worker = {"predict": worker_predict, "baseline": worker_baseline, "micro": worker_micro}[args.worker]
+        worker = {"predict": worker_predict, "baseline": worker_baseline, "oracle": worker_oracle,
+                  "micro": worker_micro}[args.worker]
         print(json.dumps(worker(args)))
         return
 
@@ -218,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp_name:
         tmp = Path(tmp_name)
-        if {"speed", "baseline", "memory"} & set(args.sections) and data is None:
+        if {"speed", "baseline", "oracle", "memory"} & set(args.sections) and data is None:
             raise SystemExit("CTC data not found: pass --data or set $RSHN_CTC_DATA")
         dic_model = args.model
         if dic_model is None and {"speed", "baseline"} & set(args.sections):
@@ -245,6 +279,16 @@ def main(argv: list[str] | None = None) -> None:
                 windows = max(s["frames"] - 8 + 1, 1)
                 ours = s["network_total_s"] / windows
                 print(f"  rshn predict network per window {ours:.3f} s: baseline / predict = {r['window_s'] / ours:.2f}")
+        if "oracle" in args.sections:
+            r = run("oracle", "--input", str(data / "DIC-C2DH-HeLa"), "--windows", str(args.frames))
+            results["oracle"] = r
+            print(f"oracle: post-processing of DIC-C2DH-HeLa 02 oracle embeddings: {r['frames']} frames, "
+                  f"{r['cells']:.1f} cells per frame: {r['postprocessing_s']:.3f} s/frame "
+                  f"[{', '.join(f'{k} {v:.3f}' for k, v in r['stages'].items())}] ({r['load']})")
+            if "speed" in results:
+                s = results["speed"]
+                estimate = s["preprocessing_s"] + s["network_s"] + r["postprocessing_s"]
+                print(f"  speed network + oracle post-processing: {estimate:.3f} s/frame (paper GPU: 4.5 s/frame)")
         if "memory" in args.sections:
             model = tmp / "hela_model"
             make_model("Fluo-N2DL-HeLa", model)

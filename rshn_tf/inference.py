@@ -50,6 +50,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ctc_submission.writer import check_result_target
 from data_io.ctc import list_frames, read_frame
 from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
 from rshn_tf.config import Config, DataConfig, apply_dict, parse_override, save_config, validate
@@ -633,6 +634,7 @@ def predict(
     wall = time.perf_counter()
     config = resolve_predict_config(ModelFolder(model_dir).read_config(), overrides)
     files = list_frames(input_dir)
+    check_result_target(output_dir)  # fail before the network runs, not after
     configure_threads(config.inference.threads)
     if model is None:
         model, _ = load_trained_model(model_dir, weights)

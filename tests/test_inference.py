@@ -460,5 +460,8 @@ def test_predict_errors_are_clear(model_dir, short_video, tmp_path, capsys):
     (occupied / "notes.txt").write_text("keep me")
     code, err = run("--model", model, "--input", video, "--output", str(out), "--save-embeddings", str(occupied))
     assert code == EXIT_USER_ERROR and "refusing to replace it" in err
+    code, err = run("--model", model, "--input", video, "--output", str(occupied))
+    assert code == EXIT_USER_ERROR and "holds files other than a CTC result" in err
+    assert (occupied / "notes.txt").read_text() == "keep me"
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
