@@ -387,16 +387,17 @@ class PairEmbedder:
         for t in window.frames:
             inputs = self._inputs(source, t)
             start = time.perf_counter()
-            outputs = []
             needed = t in window.needed
             for k, chunk in enumerate(chunks):
                 if needed or self._advance is None:
                     embeddings, states[k] = self._function(tf.constant(inputs[chunk]), states[k])
-                    outputs.append(embeddings)
+                    if needed:
+                        embeddings = embeddings.numpy()
+                        if t not in kept:
+                            kept[t] = np.empty((len(inputs),) + embeddings.shape[1:], np.float32)
+                        kept[t][chunk] = embeddings
                 else:  # only the states are needed from this frame
                     states[k] = self._advance(tf.constant(inputs[chunk]), states[k])
-            if needed:
-                kept[t] = np.concatenate([o.numpy() for o in outputs]) if len(outputs) > 1 else outputs[0].numpy()
             self.timings["network"] += time.perf_counter() - start
             self.frame_steps += 1
             while pending and pending[0][1] <= t:

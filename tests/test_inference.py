@@ -43,6 +43,7 @@ def tiny_config(architecture: str = "rshn", **inference) -> Config:
     config.data.border_band = 0
     config.inference.tile_overlap = 32
     config.postprocessing.min_size = 10
+    config.postprocessing.num_seeds = 16  # random embeddings: every pixel is foreground; keep the clustering cheap
     config.tracking.resample_interpolation = "nearest"
     for key, value in inference.items():
         setattr(config.inference, key, value)
