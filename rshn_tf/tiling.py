@@ -65,7 +65,9 @@ class Tile:
         (y, x), (h, w), (height, width) = self.offset, self.size, self.image_shape
         return y <= 0, y + h >= height, x <= 0, x + w >= width
 
-    def extract(self, array: np.ndarray, pad_value: float | np.ndarray = 0.0, axis: int = 0) -> np.ndarray:
+    def extract(
+        self, array: np.ndarray, pad_value: float | np.ndarray = 0.0, axis: int = 0, copy: bool = True
+    ) -> np.ndarray:
         """Cut this tile out of ``array``, padding the parts outside the image.
 
         Args:
@@ -74,6 +76,7 @@ class Tile:
             pad_value: Value of padded pixels; a scalar or an array broadcastable to the trailing axes (e.g. the
                 background embedding).
             axis: Index of the height axis.
+            copy: If False, a tile lying wholly inside the image is returned as a view of ``array`` (no copy).
 
         Returns:
             Array of the same dtype with the two spatial axes replaced by the tile size.
@@ -82,7 +85,7 @@ class Tile:
         lead = (slice(None),) * axis
         part = array[lead + self.image_slice]
         if part.shape[axis:axis + 2] == self.size:
-            return part.copy()
+            return part.copy() if copy else part
         shape = array.shape[:axis] + tuple(self.size) + array.shape[axis + 2:]
         out = np.empty(shape, dtype=array.dtype)
         out[...] = pad_value
