@@ -67,11 +67,11 @@ __all__ = [
 #: Significant bits of the fixed-point grid the features and means are rounded to (see module docstring).
 _FIXED_POINT_BITS = 22
 #: Angle (radians) a mean may move away from its group's anchor before it is regrouped.
-_ANCHOR_RADIUS = 0.3
+_ANCHOR_RADIUS = 0.4
 #: Angle (radians) within which new means are grouped with a leader mean.
 _LEADER_RADIUS = 0.15
 #: Angle (radians) within which the seeds are grouped with a leader seed before the first update.
-_SEED_LEADER_RADIUS = 0.25
+_SEED_LEADER_RADIUS = 0.35
 #: Points per block of a matrix product (bounds the temporary arrays).
 _CHUNK_POINTS = 8192
 
