@@ -35,6 +35,7 @@ tiles in parallel threads instead.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -143,14 +144,26 @@ def tile_features(
     Returns:
         Float32 array (N, D + 2), pixels in raster order (t, y, x).
     """
-    height, width = mask.shape[-2:]
     index = np.flatnonzero(mask)
     features = np.empty((index.size, embeddings.shape[-1] + 2), dtype=np.float32)
-    features[:, :-2] = embeddings[mask]  # also cheap for a view of a bigger array (no reshape copy)
-    rows, cols = np.divmod(index, width)
-    features[:, -2] = coordinate_factor * (rows % height)
-    features[:, -1] = coordinate_factor * cols
+    start = 0
+    for frame, frame_mask in zip(embeddings, mask):  # 2-D boolean gathers; cheap for views of a bigger array
+        stop = start + np.count_nonzero(frame_mask)
+        features[start:stop, :-2] = frame[frame_mask]
+        start = stop
+    plane = _coordinate_grid(*mask.shape[-2:], coordinate_factor).reshape(-1, 2)
+    features[:, -2:] = np.take(plane, index % len(plane), axis=0)
     return features
+
+
+@functools.lru_cache(maxsize=8)
+def _coordinate_grid(height: int, width: int, coordinate_factor: float) -> np.ndarray:
+    """Read-only float32 (h, w, 2) array of [c·y, c·x] (products in float64, rounded once to float32)."""
+    grid = np.empty((height, width, 2), dtype=np.float32)
+    grid[..., 0] = coordinate_factor * np.arange(height)[:, None]
+    grid[..., 1] = coordinate_factor * np.arange(width)[None, :]
+    grid.flags.writeable = False
+    return grid
 
 
 def choose_seeds(num_points: int, num_seeds: int, seed: Optional[int]) -> np.ndarray:

@@ -92,6 +92,18 @@ def test_result_matches_an_independent_float64_mean_shift():
     assert same_partition(labels + 1, truth[mask])
 
 
+def test_tile_features_of_a_view_match_a_pixel_loop():
+    rng = np.random.default_rng(8)
+    frame_pair = rng.normal(size=(2, 40, 50, 16)).astype(np.float32)
+    view = frame_pair[:, 3:35, 10:47]  # a tile cut out of a bigger array, as PostProcessor passes it
+    mask = foreground_mask(view, 0.5)
+    expected = [list(view[t, y, x]) + [0.02 * y, 0.02 * x]
+                for t in range(2) for y in range(32) for x in range(37) if mask[t, y, x]]
+    features = tile_features(view, mask, 0.02)
+    assert features.dtype == np.float32 and 0 < len(features) < mask.size
+    np.testing.assert_array_equal(features, np.array(expected, dtype=np.float32))
+
+
 def test_all_background_and_all_padding_tiles_give_zeros():
     background = embeddings_from_labels(np.zeros((2, 32, 40), np.int32), instance_directions(3), noise=0.05)
     padding = np.zeros((2, 32, 40, 16), np.float32)
