@@ -247,27 +247,30 @@ def _tile_candidates(part: np.ndarray, tile: Tile, ignore_border: int) -> list[_
     return candidates
 
 
-def _merge_instances(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, config: PostprocessingConfig) -> None:
+def _merge_instances(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, config: PostprocessingConfig) -> bool:
     """Paper mode: largest candidate first; a candidate overlapping one already kept instance by more than
     ``merge_overlap_fraction`` of its own area is the same instance and is dropped, otherwise its free pixels are
-    pasted as a new instance."""
+    pasted as a new instance. Returns whether some new instance got no free pixel (ids 1..K then have gaps)."""
     candidates: list[_Candidate] = []
     for part, tile in zip(parts, grid.tiles):
         candidates.extend(_tile_candidates(part, tile, config.merge_ignore_border))
     candidates.sort(key=lambda c: (-c.area, c.tile, c.label))
     next_id = 1
+    gaps = False
     for cand in candidates:
         region = out[cand.box]
         under = region[cand.mask]
         occupied = under[under > 0]
         if occupied.size:
-            _, counts = np.unique(occupied, return_counts=True)
-            if counts.max() > config.merge_overlap_fraction * cand.area:
+            if np.bincount(occupied).max() > config.merge_overlap_fraction * cand.area:  # largest overlap
                 continue
-            region[cand.mask & (region == 0)] = next_id
+            free = cand.mask & (region == 0)
+            region[free] = next_id
+            gaps = gaps or not free.any()
         else:
             region[cand.mask] = next_id
         next_id += 1
+    return gaps
 
 
 def _merge_blobs(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, config: PostprocessingConfig) -> None:
@@ -350,7 +353,8 @@ def merge_tiles(
     frames = parts[0].shape[0] if parts else 2
     out = np.zeros((frames,) + grid.image_shape, dtype=np.int32)
     if config.merge_mode == "instance":
-        _merge_instances(parts, grid, out, config)
+        if not _merge_instances(parts, grid, out, config):
+            return out  # ids are 1..K already
     else:
         _merge_blobs(parts, grid, out, config)
     return relabel_consecutive(out)
