@@ -26,7 +26,7 @@ from data_io.resample import resample_stack
 from rshn_tf.clustering import cluster_tiles
 from rshn_tf.config import Config
 from rshn_tf.errors import RshnError
-from rshn_tf.tiling import extract_tiles, merge_tiles, tile_grid
+from rshn_tf.tiling import merge_tiles, tile_grid
 from rshn_tf.tracking import PairTracker, finalize_tracks
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,11 @@ class PostProcessor:
         if embeddings.ndim != 4 or embeddings.shape[0] != 2 or tuple(embeddings.shape[1:3]) != self.shape:
             raise ValueError(f"pair embeddings must have shape (2, {self.shape[0]}, {self.shape[1]}, D), "
                              f"got {embeddings.shape}")
-        tiles = extract_tiles(embeddings, self.grid, pad_value=background_embedding(embeddings.shape[-1]), axis=1)
-        self.add_pair_tiles(list(tiles))
+        start = time.perf_counter()
+        pad = background_embedding(embeddings.shape[-1])
+        tiles = [tile.extract(embeddings, pad, axis=1, copy=False) for tile in self.grid.tiles]  # views, no copies
+        self.timings["clustering"] += time.perf_counter() - start
+        self.add_pair_tiles(tiles)
 
     def add_pair_tiles(self, tiles: Sequence[np.ndarray]) -> None:
         """Add the next frame pair as per-tile embeddings (2, tile_h, tile_w, D), one per tile of :attr:`grid`."""
