@@ -113,7 +113,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment and track a sequence with a trained model."""
-    raise _not_yet("predict", "windowed/tiled inference and post-processing (issue 6) are not implemented")
+    from rshn_tf.inference import predict
+
+    result = predict(args.model, args.input, args.output, overrides=args.overrides, weights=args.weights,
+                     save_embeddings=args.save_embeddings)
+    print(f"wrote {result.num_frames} frames to {result.output_dir}"
+          + (f"; embeddings in {result.embeddings_dir}" if result.embeddings_dir else ""))
+    return 0
 
 
 def cmd_postprocess(args: argparse.Namespace) -> int:
@@ -227,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (config.yaml + weights)")
     p.add_argument("--input", required=True, help="sequence folder of frames tNNN.tif, e.g. DATASET/01")
     p.add_argument("--output", required=True, help="result folder to write, e.g. DATASET/01_RES")
-    p.add_argument("--save-embeddings", metavar="DIR", help="also save the frame-pair embeddings (pair_NNN.npy)")
+    p.add_argument("--save-embeddings", metavar="DIR",
+                   help="also save the frame-pair embeddings (pair_NNN.npy, float32 (2, h, w, D) on the network grid) "
+                        "for 'rshn postprocess'")
+    p.add_argument("--weights", default="best", help="'best' (default), 'last' or a .weights.h5 file")
     _add_set(p)
 
     p = verb("postprocess", cmd_postprocess,

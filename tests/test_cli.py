@@ -71,7 +71,6 @@ def test_module_entry_point():
 
 # Verbs whose machinery arrives with later issues; each later issue removes its verbs from this list.
 NOT_YET = {
-    "predict": ["predict", "--model", "m", "--input", "i", "--output", "o"],
     "experiment": ["experiment", "DIC-C2DH-HeLa"],
     "table3": ["table3", "--data", "d"],
     "demo": ["demo"],
