@@ -298,12 +298,15 @@ def _build_sw(tmp: Path, sw_dir: Path, folder: ModelFolder, weights: str, config
 
 
 def _model_info(folder: ModelFolder, weights: str) -> dict:
-    """Facts about the bundled model for the README (no paths)."""
+    """Facts about the bundled model for the README (no paths); a model folder taken from a submission passes on
+    its own training facts."""
     info: dict = {"weights": weights, "weights_file": WEIGHTS_FILES[weights], "rshn_tf_version": rshn_tf.__version__}
     state = folder.read_state()
     if state:
         info["training"] = {key: state[key] for key in ("step", "iterations", "best_step", "finished")
                             if key in state}
+    elif "training" in (bundled := _read_json(folder.root / MODEL_INFO_FILE)):
+        info["training"] = bundled["training"]
     return info
 
 
@@ -498,7 +501,7 @@ def _hardware() -> str:
 
 
 def declared_requirements() -> list[str]:
-    """The runtime requirement lines of rshn-tf (``name>=version; marker``), extras left out.
+    """The runtime requirement lines of rshn-tf (``name>=version; marker``), extras left out, sorted by name.
 
     Read from the ``setup.cfg`` beside the imported ``rshn_tf`` package (source checkout) or from the installed
     distribution's metadata (also of the bundled ``SW/src``, which declares the same lines).
@@ -519,11 +522,13 @@ def declared_requirements() -> list[str]:
         except metadata.PackageNotFoundError:
             raise RshnError(f"cannot find the requirements of rshn-tf: neither {setup_cfg} nor an installed "
                             f"'{DISTRIBUTION}' distribution") from None
-    return [line.strip() for line in lines if line.strip() and "extra" not in line.partition(";")[2]]
+    # sorted: an installed distribution's metadata lists requirements with markers last
+    return sorted((line.strip() for line in lines if line.strip() and "extra" not in line.partition(";")[2]),
+                  key=str.lower)
 
 
 def _declared_requirements() -> list[tuple[str, list[str]]]:
-    """(name, alternative names) of every runtime requirement of rshn-tf, in declaration order."""
+    """(name, alternative names) of every runtime requirement of rshn-tf, sorted by name."""
     names = []
     for line in declared_requirements():
         name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
