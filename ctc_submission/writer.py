@@ -51,6 +51,20 @@ def _looks_like_result(folder: Path) -> bool:
     return all(any(e.is_file() and e.match(p) for p in _RESULT_FILE_PATTERNS) for e in entries)
 
 
+def check_result_target(output_dir: str | os.PathLike) -> None:
+    """Check that a result folder can be written: it is absent, or an existing CTC result that may be replaced.
+
+    Raises:
+        RshnError: If the path is a file or a folder holding anything but result files.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RshnError(f"{output_dir}: exists and is not a folder")
+    if output_dir.is_dir() and not _looks_like_result(output_dir):
+        raise RshnError(f"{output_dir}: folder exists and holds files other than a CTC result; refusing to "
+                        f"replace it (choose another output folder or empty it)")
+
+
 def write_ctc_result(
     output_dir: str | os.PathLike,
     labels: np.ndarray,
@@ -94,11 +108,7 @@ def write_ctc_result(
             f"{output_dir}: track id {highest} does not fit the uint16 masks of the CTC format (max {MAX_LABEL}); "
             f"the result has too many tracks ({len(tracks)}) for one CTC sequence"
         )
-    if output_dir.exists() and not output_dir.is_dir():
-        raise RshnError(f"{output_dir}: exists and is not a folder")
-    if output_dir.is_dir() and not _looks_like_result(output_dir):
-        raise RshnError(f"{output_dir}: folder exists and holds files other than a CTC result; refusing to "
-                        f"replace it (choose another output folder or empty it)")
+    check_result_target(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_folder(output_dir, "tmp")
     try:

@@ -9,10 +9,11 @@ Layout of a CTC dataset folder (``DATASET/``)::
     01_ST/SEG/man_seg000.tif ...         silver truth (optional)
     01_RES/mask000.tif + res_track.txt   a result folder
 
-The module reads a sequence with its ground truth (:func:`load_sequence`), raw frames alone (:func:`load_frames`)
-and result folders (:func:`load_result`), checks them for consistency and merges TRA and SEG ground truth into one
-label video with consistent ids (paper section 4.2; authors' ``main_preprocess.py``). Every problem a user can cause
-raises :class:`~rshn_tf.errors.RshnError` with one message naming the file or folder. It must not import TensorFlow.
+The module reads a sequence with its ground truth (:func:`load_sequence`), raw frames alone (:func:`load_frames`,
+or one at a time with :func:`list_frames` and :func:`read_frame`) and result folders (:func:`load_result`), checks
+them for consistency and merges TRA and SEG ground truth into one label video with consistent ids (paper section
+4.2; authors' ``main_preprocess.py``). Every problem a user can cause raises :class:`~rshn_tf.errors.RshnError` with
+one message naming the file or folder. It must not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -327,6 +328,15 @@ class LoadedFrames(NamedTuple):
     digits: int
 
 
+class FrameFiles(NamedTuple):
+    """The raw frame files of one sequence folder, indexed but not decoded (see :func:`list_frames`)."""
+
+    paths: list[Path]
+    digits: int
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Readers
 # ----------------------------------------------------------------------------------------------------------------
@@ -384,6 +394,46 @@ def load_frames(seq_dir: str | os.PathLike) -> LoadedFrames:
         raise RshnError(f"{seq_dir}: sequence folder not found")
     paths, digits = _index_video(seq_dir, _RAW_PATTERN, "t", "raw frame")
     return LoadedFrames(_read_raw_stack(paths), paths, digits)
+
+
+def list_frames(seq_dir: str | os.PathLike) -> FrameFiles:
+    """Index the raw frames ``tNNN.tif`` of a sequence folder and check their headers, without decoding the pixels.
+
+    For streaming readers (``rshn predict`` holds only a few frames at a time): every problem :func:`load_frames`
+    would find in the file names, shapes or dtypes is found here before any frame is read; read each frame later
+    with :func:`read_frame`.
+
+    Args:
+        seq_dir: The sequence folder (``DATASET/01``).
+
+    Returns:
+        ``(paths, digits, shape, dtype)`` of the frames, in frame order.
+
+    Raises:
+        RshnError: If the folder is missing or empty, frame numbers have gaps or mixed digit counts, or a file is
+            not a readable 2-D TIFF of the first frame's shape and dtype.
+    """
+    seq_dir = Path(seq_dir)
+    if not seq_dir.is_dir():
+        raise RshnError(f"{seq_dir}: sequence folder not found")
+    paths, digits = _index_video(seq_dir, _RAW_PATTERN, "t", "raw frame")
+    first_shape, first_dtype = _tiff_header(paths[0])
+    for path in paths[1:]:
+        shape, dtype = _tiff_header(path)
+        if shape != first_shape:
+            raise RshnError(f"{path}: frame shape {shape} differs from {paths[0].name} {first_shape}")
+        if dtype != first_dtype:
+            raise RshnError(f"{path}: frame dtype {dtype} differs from {paths[0].name} ({first_dtype})")
+    return FrameFiles(paths, digits, first_shape, first_dtype)
+
+
+def read_frame(path: str | os.PathLike) -> np.ndarray:
+    """Read one raw 2-D frame (see :func:`list_frames`).
+
+    Raises:
+        RshnError: If the file is missing, unreadable or not 2-D.
+    """
+    return _read_2d(Path(path))
 
 
 def load_sequence(dataset_dir: str | os.PathLike, seq: str | int, *, require_frames: bool = True,
@@ -640,6 +690,22 @@ def _read_2d(path: Path) -> np.ndarray:
     if image.ndim != 2:
         raise RshnError(f"{path}: expected a 2-D image, got an array of shape {image.shape}")
     return image
+
+
+def _tiff_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a single-image TIFF from its header; RshnError unless it is a readable 2-D image."""
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            if not tiff.series:
+                raise RshnError(f"{path}: unreadable TIFF (no image pages; the file may be truncated)")
+            shape, dtype = tuple(int(n) for n in tiff.series[0].shape), np.dtype(tiff.series[0].dtype)
+    except RshnError:
+        raise
+    except Exception as exc:  # tifffile raises several types for broken files
+        raise RshnError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
+    if len(shape) != 2:
+        raise RshnError(f"{path}: expected a 2-D image, got an array of shape {shape}")
+    return shape, dtype
 
 
 def _read_raw_stack(paths: list[Path]) -> np.ndarray:

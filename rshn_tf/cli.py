@@ -18,17 +18,8 @@ from rshn_tf.errors import RshnError
 
 log = logging.getLogger("rshn")
 
-#: Exit status for user errors (bad input, bad config) and for verbs whose machinery is not built yet.
+#: Exit status for user errors (bad input, bad config).
 EXIT_USER_ERROR = 2
-EXIT_NOT_AVAILABLE = 3
-
-
-class NotYetAvailable(Exception):
-    """Raised by a verb whose machinery is not implemented yet."""
-
-
-def _not_yet(verb: str, missing: str) -> NotYetAvailable:
-    return NotYetAvailable(f"'rshn {verb}' is not yet available: {missing}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -113,7 +104,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment and track a sequence with a trained model."""
-    raise _not_yet("predict", "windowed/tiled inference and post-processing (issue 6) are not implemented")
+    from rshn_tf.inference import predict
+
+    result = predict(args.model, args.input, args.output, overrides=args.overrides, weights=args.weights,
+                     save_embeddings=args.save_embeddings)
+    print(f"wrote {result.num_frames} frames to {result.output_dir}"
+          + (f"; embeddings in {result.embeddings_dir}" if result.embeddings_dir else ""))
+    return 0
 
 
 def cmd_postprocess(args: argparse.Namespace) -> int:
@@ -198,8 +195,28 @@ def cmd_table3(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    """Build or check a CTC submission folder."""
-    raise _not_yet("package", "the CTC submission packager (issue 8) is not implemented")
+    """Build or check a CTC submission folder; ``--check`` exits with 1 when the submission has problems."""
+    if args.check:
+        extra = [f"--{name}" for name in ("model", "dataset", "out") if getattr(args, name)]
+        if extra or args.overrides or args.wheels:
+            raise RshnError(f"package --check verifies a finished submission; it takes only --data, not "
+                            f"{', '.join(extra + ['--set'] * bool(args.overrides) + ['--wheels'] * args.wheels)}")
+        from ctc_submission.check import check_submission
+
+        report = check_submission(args.check, data_dir=args.data)
+        print(report.format())
+        return 0 if report.ok else 1
+    missing = [f"--{name}" for name in ("model", "dataset", "out") if not getattr(args, name)]
+    if missing:
+        raise RshnError(f"package needs {', '.join(missing)} (or --check SUBMISSION_DIR to verify a submission)")
+    from ctc_submission.packager import package_submission
+
+    result = package_submission(args.model, args.dataset, args.out, data_dir=args.data, weights=args.weights,
+                                overrides=args.overrides, wheels=args.wheels)
+    print(f"packaged {args.dataset} into {result.sw_dir} (datasets: {', '.join(result.datasets)})")
+    for res in result.results:
+        print(f"wrote {res}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -254,7 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (config.yaml + weights)")
     p.add_argument("--input", required=True, help="sequence folder of frames tNNN.tif, e.g. DATASET/01")
     p.add_argument("--output", required=True, help="result folder to write, e.g. DATASET/01_RES")
-    p.add_argument("--save-embeddings", metavar="DIR", help="also save the frame-pair embeddings (pair_NNN.npy)")
+    p.add_argument("--save-embeddings", metavar="DIR",
+                   help="also save the frame-pair embeddings (pair_NNN.npy, float32 (2, h, w, D) on the network grid) "
+                        "for 'rshn postprocess'")
+    p.add_argument("--weights", default="best", help="'best' (default), 'last' or a .weights.h5 file")
     _add_set(p)
 
     p = verb("postprocess", cmd_postprocess,
@@ -308,12 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, required=True)
     _add_set(p)
 
-    p = verb("package", cmd_package, "build (or --check) a CTC submission folder")
-    p.add_argument("--model", help="model folder")
-    p.add_argument("--dataset", help="CTC dataset name, e.g. DIC-C2DH-HeLa")
-    p.add_argument("--out", help="submission folder to write")
-    p.add_argument("--check", metavar="SUBMISSION_DIR", help="verify a finished submission folder")
-    _add_data(p)
+    p = verb("package", cmd_package, "build (or --check) a CTC submission folder: SW/ with launchers, model, code")
+    p.add_argument("--model", help="model folder (config.yaml + weights)")
+    p.add_argument("--dataset", help="CTC dataset name, e.g. DIC-C2DH-HeLa (names the launchers and ../DATASET)")
+    p.add_argument("--out", help="submission folder to write (SUBMISSION_DIR/SW); other datasets in it are kept")
+    p.add_argument("--weights", choices=["best", "last"], default="best", help="which weights to bundle")
+    p.add_argument("--wheels", action="store_true",
+                   help="also download every requirement as a wheel into SW/wheels for an offline installation")
+    p.add_argument("--check", metavar="SUBMISSION_DIR",
+                   help="verify a finished submission folder (scripts, results, frame counts); exit 1 on problems")
+    p.add_argument("--data", metavar="PATH",
+                   help="challenge data of the dataset (folder with 01 and 02, or holding DATASET/01 ...): run the "
+                        "launchers and put DATASET/0X_RES into the submission; with --check, where the inputs are")
+    _add_set(p)
 
     p = verb("demo", cmd_demo, "synthetic video -> train a small network -> predict -> evaluate -> overlay GIF")
     p.add_argument("--out", help="output folder (default runs/demo, or runs/demo-seedS for --seed S)")
@@ -342,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rshn`` console script.
 
     Returns:
-        0 on success, 2 for user errors, 3 for verbs that are not yet available.
+        0 on success, 2 for user errors.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -355,9 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RshnError as exc:
         print(f"rshn {args.verb}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except NotYetAvailable as exc:
-        print(f"rshn {args.verb}: {exc}", file=sys.stderr)
-        return EXIT_NOT_AVAILABLE
 
 
 if __name__ == "__main__":

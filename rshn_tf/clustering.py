@@ -21,20 +21,21 @@ the notes) return identical modes and labels. Both first round the features to a
 same grid after every update. On that grid every dot product and every neighbour sum is exact, whatever the order
 of summation, so every decision (neighbour or not, converged or not, which mode is kept, which mode is nearest)
 is the same in both implementations. The fast version screens with float32 matrix products, re-checks exactly the
-few points whose float32 cosine lies within a safety margin of the decision, and sums neighbours with float32
-products that are exact by construction (see :class:`_FastMeanShift`).
+few points whose float32 cosine lies within a safety margin of the decision, and sums neighbours with float64
+matrix products, which are exact on the grid (see :class:`_FastMeanShift`).
 
-Speed. The first update of all seeds is one dense pass over all points, in chunks (matrix products over seeds x
-points). Afterwards the means are grouped around anchor directions; each group keeps only the points within angle
+Speed. The seeds are grouped around anchor directions (leader seeds); each group keeps only the points within angle
 θ_h + ρ of its anchor (θ_h = arccos(1 − h), ρ the distance a member mean may have from the anchor). By the
-triangle inequality on the sphere no other point can be a neighbour of a member mean, so each group iterates on a
-small block. Means that move farther than ρ from their anchor are regrouped; seeds whose means become identical
-are iterated once; converged seeds leave the active set. BLAS runs single-threaded (the products are small);
-:func:`cluster_tiles` clusters tiles in parallel threads instead.
+triangle inequality on the sphere no other point can be a neighbour of a member mean, so every update of all
+members of a group is one matrix product over a small block of candidates instead of all points. Means that move
+farther than ρ from their anchor are regrouped; seeds whose means become identical are iterated once; converged
+seeds leave the active set. BLAS runs single-threaded (the products are small); :func:`cluster_tiles` clusters
+tiles in parallel threads instead.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -67,13 +68,13 @@ __all__ = [
 #: Significant bits of the fixed-point grid the features and means are rounded to (see module docstring).
 _FIXED_POINT_BITS = 22
 #: Angle (radians) a mean may move away from its group's anchor before it is regrouped.
-_ANCHOR_RADIUS = 0.3
+_ANCHOR_RADIUS = 0.4
 #: Angle (radians) within which new means are grouped with a leader mean.
 _LEADER_RADIUS = 0.15
-#: Points per block of a matrix product (at most 2**13 keeps the split float32 neighbour sums exact).
+#: Angle (radians) within which the seeds are grouped with a leader seed before the first update.
+_SEED_LEADER_RADIUS = 0.35
+#: Points per block of a matrix product (bounds the temporary arrays).
 _CHUNK_POINTS = 8192
-#: Split of the fixed-point features into a high and a low half for exact float32 sums (2**11).
-_HALF = 2048.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,14 +144,26 @@ def tile_features(
     Returns:
         Float32 array (N, D + 2), pixels in raster order (t, y, x).
     """
-    height, width = mask.shape[-2:]
     index = np.flatnonzero(mask)
     features = np.empty((index.size, embeddings.shape[-1] + 2), dtype=np.float32)
-    features[:, :-2] = np.take(embeddings.reshape(-1, embeddings.shape[-1]), index, axis=0)
-    rows, cols = np.divmod(index, width)
-    features[:, -2] = coordinate_factor * (rows % height)
-    features[:, -1] = coordinate_factor * cols
+    start = 0
+    for frame, frame_mask in zip(embeddings, mask):  # 2-D boolean gathers; cheap for views of a bigger array
+        stop = start + np.count_nonzero(frame_mask)
+        features[start:stop, :-2] = frame[frame_mask]
+        start = stop
+    plane = _coordinate_grid(*mask.shape[-2:], coordinate_factor).reshape(-1, 2)
+    features[:, -2:] = np.take(plane, index % len(plane), axis=0)
     return features
+
+
+@functools.lru_cache(maxsize=8)
+def _coordinate_grid(height: int, width: int, coordinate_factor: float) -> np.ndarray:
+    """Read-only float32 (h, w, 2) array of [c·y, c·x] (products in float64, rounded once to float32)."""
+    grid = np.empty((height, width, 2), dtype=np.float32)
+    grid[..., 0] = coordinate_factor * np.arange(height)[:, None]
+    grid[..., 1] = coordinate_factor * np.arange(width)[None, :]
+    grid.flags.writeable = False
+    return grid
 
 
 def choose_seeds(num_points: int, num_seeds: int, seed: Optional[int]) -> np.ndarray:
@@ -335,15 +348,15 @@ class _Group:
 
     index: np.ndarray  # (P,) indices of the candidate points
     units: np.ndarray  # (P, F) float32 unit vectors of the candidates
-    split: np.ndarray  # (P, 2F + 1) float32 split fixed-point features of the candidates (see _FastMeanShift)
+    values: np.ndarray  # (P, F + 1) float64 fixed-point features of the candidates and a column of ones
 
 
 class _FastMeanShift:
     """State of the vectorised mean shift of one problem (see the module docstring for the scheme).
 
-    Neighbour sums are float32 matrix products of 0/1 masks with the features split into two halves of at most
-    11 significant bits each (``split`` = [high half / 2^11, low half, 1]): over at most ``_CHUNK_POINTS`` = 2^13
-    points every partial sum is an integer below 2^24, so float32 adds them exactly.
+    Neighbour sums and counts are one float64 matrix product of a 0/1 mask with ``values`` = [features, 1]: every
+    feature is an integer multiple of 2^-b below 2^22 · 2^-b in magnitude, so any sum of fewer than 2^31 of them is
+    exact in float64, whatever the order of summation.
     """
 
     def __init__(self, points: _Points, bandwidth: float, tolerance: float):
@@ -355,11 +368,9 @@ class _FastMeanShift:
         # margin of the decision is re-checked exactly.
         self.margin = 16.0 * dims * 2.0**-24
         self.units = points.grid * (1.0 / (points.norms * points.scale)).astype(np.float32)[:, None]
-        high = np.floor(points.grid * np.float32(1.0 / _HALF))  # exact: the grid holds integers < 2**22
-        self.split = np.empty((len(high), 2 * dims + 1), dtype=np.float32)
-        self.split[:, :dims] = high
-        self.split[:, dims:-1] = points.grid - high * np.float32(_HALF)
-        self.split[:, -1] = 1.0
+        self.values = np.empty((len(points.values), dims + 1))
+        self.values[:, :-1] = points.values
+        self.values[:, -1] = 1.0
         self.groups: list[Optional[_Group]] = []
         self.anchors = np.zeros((0, dims))  # (G, F) unit anchor directions
         self.valid_cos = np.zeros(0)  # (G,) a mean belongs to group g while cos(mean, anchor g) >= valid_cos[g]
@@ -371,23 +382,18 @@ class _FastMeanShift:
         reach = math.acos(self.one_minus_h) + anchor_radius
         candidate_cos = (math.cos(reach) if reach < math.pi else -1.0) - self.margin
         anchors32 = anchors.astype(np.float32)
-        rows, cols = [], []
-        for start in range(0, len(self.units), _CHUNK_POINTS):
-            cosines = anchors32 @ self.units[start:start + _CHUNK_POINTS].T
-            found_rows, found_cols = np.nonzero(cosines >= candidate_cos)
-            rows.append(found_rows)
-            cols.append(found_cols + start)
-        rows, cols = np.concatenate(rows), np.concatenate(cols)
-        cols = cols[np.argsort(rows, kind="stable")]  # by anchor, each anchor's points in increasing order
-        bounds = np.searchsorted(np.sort(rows), np.arange(len(anchors) + 1))
-        for first, last in zip(bounds[:-1], bounds[1:]):
-            index = cols[first:last]
-            self.groups.append(_Group(index, self.units[index], self.split[index]))
+        rows_per_block = max(1, _CHUNK_POINTS * 64 // max(len(self.units), 1))
+        for first in range(0, len(anchors), rows_per_block):
+            for row in anchors32[first:first + rows_per_block] @ self.units.T:
+                index = np.flatnonzero(row >= candidate_cos)
+                self.groups.append(_Group(index, np.take(self.units, index, axis=0),
+                                          np.take(self.values, index, axis=0)))
         self.anchors = np.concatenate([self.anchors, anchors])
         self.valid_cos = np.concatenate([self.valid_cos, np.full(len(anchors), math.cos(anchor_radius) + self.margin)])
 
-    def _find_groups(self, units: np.ndarray) -> np.ndarray:
-        """Return a group for each unit mean: an existing one it is valid for, else a new one around a leader."""
+    def _find_groups(self, units: np.ndarray, leader_radius: float = _LEADER_RADIUS) -> np.ndarray:
+        """Return a group for each unit mean: an existing one it is valid for, else a new one around a leader
+        (means within ``leader_radius`` < ``_ANCHOR_RADIUS`` of a leader join its group)."""
         group = np.full(len(units), -1, dtype=np.int64)
         if len(self.anchors):
             cosines = units @ self.anchors.T
@@ -402,7 +408,7 @@ class _FastMeanShift:
             leaders = []
             for position in range(pending.size):
                 if leader_of[position] < 0:
-                    free = (leader_of < 0) & (cosines[position] >= math.cos(_LEADER_RADIUS))
+                    free = (leader_of < 0) & (cosines[position] >= math.cos(leader_radius))
                     leader_of[free] = len(self.groups) + len(leaders)
                     leader_of[position] = len(self.groups) + len(leaders)
                     leaders.append(pending[position])
@@ -422,15 +428,15 @@ class _FastMeanShift:
 
     def _block_sums(
         self, units: np.ndarray, means: np.ndarray, norms: np.ndarray, index: np.ndarray,
-        candidates: np.ndarray, split: np.ndarray,
+        candidates: np.ndarray, values: np.ndarray,
     ) -> np.ndarray:
-        """Split neighbour sums (s, 2F + 1) of ``s`` means over at most ``_CHUNK_POINTS`` candidate points.
+        """Neighbour sums and counts (s, F + 1) of ``s`` means over a block of candidate points.
 
         Args:
             units: (s, F) float32 unit means; ``means`` (s, F) the fixed-point means and ``norms`` (s,) their
                 norms, for the exact re-checks.
             index: (P,) indices of the candidate points; ``candidates`` (P, F) their float32 unit vectors and
-                ``split`` (P, 2F + 1) their split features.
+                ``values`` (P, F + 1) their fixed-point features and ones.
         """
         cosines = units @ candidates.T  # (s, P), within self.margin of the exact cosines
         inside = cosines >= self.one_minus_h + self.margin
@@ -439,30 +445,17 @@ class _FastMeanShift:
             rows = index[unsure]
             dots = means @ self.points.values[rows].T  # exact
             inside[:, unsure] = _within(dots, norms[:, None], self.points.norms[rows][None, :], self.one_minus_h)
-        return inside.astype(np.float32) @ split
+        return inside.astype(np.float64) @ values
 
     def _sums(self, means: np.ndarray, blocks: list[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Fixed-point neighbour sums and counts (A, F + 1); ``blocks`` are (rows of means, point indices,
-        unit vectors, split features), each block of points at most ``_CHUNK_POINTS`` long."""
+        """Exact neighbour sums and counts (A, F + 1); ``blocks`` are (rows of means, point indices, unit vectors,
+        values), each block of points at most ``_CHUNK_POINTS`` long."""
         norms = _norms(means)
         units = (means / norms[:, None]).astype(np.float32)
-        split_sums = np.zeros((len(means), self.split.shape[1]))
-        for rows, index, candidates, split in blocks:
-            split_sums[rows] += self._block_sums(units[rows], means[rows], norms[rows], index, candidates, split)
-        dims = means.shape[1]
-        sums = np.empty((len(means), dims + 1))
-        sums[:, :-1] = (split_sums[:, :dims] * _HALF + split_sums[:, dims:-1]) / self.points.scale
-        sums[:, -1] = split_sums[:, -1]
+        sums = np.zeros((len(means), self.values.shape[1]))
+        for rows, index, candidates, values in blocks:
+            sums[rows] += self._block_sums(units[rows], means[rows], norms[rows], index, candidates, values)
         return sums
-
-    def _dense_blocks(self, count: int) -> list:
-        """Blocks covering all points for all ``count`` means."""
-        everyone = slice(0, count)
-        return [
-            (everyone, np.arange(start, min(start + _CHUNK_POINTS, len(self.units))),
-             self.units[start:start + _CHUNK_POINTS], self.split[start:start + _CHUNK_POINTS])
-            for start in range(0, len(self.units), _CHUNK_POINTS)
-        ]
 
     def _group_blocks(self, groups: np.ndarray) -> list:
         """Blocks of each group's candidates for the (sorted) rows of its means."""
@@ -472,14 +465,14 @@ class _FastMeanShift:
             group = self.groups[groups[start]]
             for first in range(0, len(group.index), _CHUNK_POINTS):
                 part = slice(first, first + _CHUNK_POINTS)
-                blocks.append((slice(start, stop), group.index[part], group.units[part], group.split[part]))
+                blocks.append((slice(start, stop), group.index[part], group.units[part], group.values[part]))
         return blocks
 
     def run(self, seeds: np.ndarray, max_iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Iterate all seeds; return the final means (S, F), neighbour counts (S,) and survival flags (S,).
 
-        The first update of all seeds is one dense pass over all points (in chunks); afterwards the means are
-        grouped around anchors and each group only looks at its candidates.
+        The seeds are grouped around anchors first (leaders within ``_SEED_LEADER_RADIUS``); every update of a
+        mean only looks at the candidates of its group.
         """
         points = self.points
         means = points.values[seeds].copy()
@@ -488,13 +481,10 @@ class _FastMeanShift:
         follows = np.arange(len(seeds))  # each seed's representative (seeds with equal means are iterated once)
         group_of = np.full(len(seeds), -1, dtype=np.int64)
         active = self._merge_equal(np.arange(len(seeds)), means, follows)
-        for iteration in range(max_iterations):
-            if iteration == 0:
-                sums = self._sums(means[active], self._dense_blocks(len(active)))
-            else:
-                order = np.argsort(group_of[active], kind="stable")
-                active = active[order]
-                sums = self._sums(means[active], self._group_blocks(group_of[active]))
+        group_of[active] = self._find_groups(means[active] / _norms(means[active])[:, None], _SEED_LEADER_RADIUS)
+        for _ in range(max_iterations):
+            active = active[np.argsort(group_of[active], kind="stable")]
+            sums = self._sums(means[active], self._group_blocks(group_of[active]))
             neighbour_counts = sums[:, -1]
             empty = neighbour_counts == 0
             alive[active[empty]] = False
@@ -507,11 +497,8 @@ class _FastMeanShift:
                 break
             active = self._merge_equal(active, means, follows)
             units = means[active] / _norms(means[active])[:, None]
-            if iteration == 0:
-                moved = np.arange(len(active))
-            else:
-                own = group_of[active]
-                moved = np.flatnonzero(np.einsum("af,af->a", units, self.anchors[own]) < self.valid_cos[own])
+            own = group_of[active]
+            moved = np.flatnonzero(np.einsum("af,af->a", units, self.anchors[own]) < self.valid_cos[own])
             if moved.size:
                 group_of[active[moved]] = self._find_groups(units[moved])
             self._release_unused(group_of[active])

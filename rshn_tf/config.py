@@ -278,16 +278,22 @@ class InferenceConfig:
 
     Attributes:
         tile_overlap: Overlap o of neighbouring tiles in pixels (§4.2: 128).
-        full_frame: Compute each window on the whole padded frame and cut tiles from it instead of running tiles
-            separately (faster; results differ slightly at tile borders).
-        batch_tiles: Run all tiles of a window frame as one batch.
-        threads: TensorFlow intra-op threads (0 = TensorFlow's choice).
+        full_frame: Compute each window on the whole frame (padded with -1 to a multiple of 2^(levels-1)) and cut
+            the tiles for the clustering from its embeddings, instead of running every tile separately (fewer
+            pixels through the network, no overlap; every pixel sees the whole frame as context, so results differ
+            slightly from the paper's tiles).
+        batch_tiles: Run the tiles of a frame through the network together, in batches of ``max_batch_tiles``
+            (off: one tile per call, the authors' loop). Results equal up to float rounding.
+        max_batch_tiles: Tiles per network call with ``batch_tiles`` (0 = all tiles of a frame). Every tile keeps
+            its ConvGRU states for the whole window anyway; this bounds the activations of one call.
+        threads: TensorFlow intra-op threads (0 = all cores available to the process); the inter-op pool is 1.
     """
 
     tile_overlap: int = 128
     full_frame: bool = False
     batch_tiles: bool = True
     threads: int = 0
+    max_batch_tiles: int = 8
 
 
 @dataclass
@@ -747,6 +753,8 @@ def validate(config: Config, source: str = "config") -> None:
          "in [0, 1]"),
         (0 <= config.inference.tile_overlap < min(config.data.tile_size), "inference.tile_overlap",
          "non-negative and smaller than the tile size"),
+        (config.inference.max_batch_tiles >= 0, "inference.max_batch_tiles", "non-negative (0 = all tiles)"),
+        (config.inference.threads >= 0, "inference.threads", "non-negative (0 = all available cores)"),
         (0.0 < config.postprocessing.bandwidth < 2.0, "postprocessing.bandwidth", "in (0, 2) (a cosine distance)"),
         (0.0 < config.postprocessing.background_threshold < 1.0, "postprocessing.background_threshold", "in (0, 1)"),
         (config.postprocessing.num_seeds >= 1, "postprocessing.num_seeds", "at least 1"),

@@ -303,6 +303,15 @@ class Hourglass(keras.layers.Layer):
 
     def call(self, x: Any, states: Optional[Sequence[Any]] = None) -> Any:
         """Run the hourglass on one input (and, if recurrent, one state per level); see the class docstring."""
+        parallel = self.parallel_path(x, states)
+        embeddings = self.expanding_path(parallel)
+        if self.recurrent:
+            return embeddings, parallel
+        return embeddings
+
+    def parallel_path(self, x: Any, states: Optional[Sequence[Any]] = None) -> list[Any]:
+        """Input convolution, contracting path and parallel blocks: the outputs of the parallel path, one per level
+        (for ``parallel='gru'`` these are the new states). Call on a built hourglass."""
         if self.recurrent and (states is None or len(states) != self.levels):
             raise ValueError(f"{self.name}: expected a list of {self.levels} states, got {states!r}")
         if self.input_conv is not None:
@@ -314,16 +323,15 @@ class Hourglass(keras.layers.Layer):
             x = self.contracting[level](x)
             contracted.append(x)
         if self.recurrent:
-            parallel = [block(c, s) for block, c, s in zip(self.parallel_blocks, contracted, states)]
-        else:
-            parallel = [block(c) for block, c in zip(self.parallel_blocks, contracted)]
+            return [block(c, s) for block, c, s in zip(self.parallel_blocks, contracted, states)]
+        return [block(c) for block, c in zip(self.parallel_blocks, contracted)]
+
+    def expanding_path(self, parallel: Sequence[Any]) -> Any:
+        """Expanding path and output convolution on the parallel outputs: the raw embeddings."""
         x = self.expanding[-1](parallel[-1])
         for level in reversed(range(self.levels - 1)):
             x = self.expanding[level](self.upsample(x) + parallel[level])
-        embeddings = self.output_conv(x)
-        if self.recurrent:
-            return embeddings, parallel
-        return embeddings
+        return self.output_conv(x)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -412,6 +420,22 @@ class RecurrentStackCell(keras.layers.Layer):
             outputs.append(embeddings)
             new_states.append(list(hourglass_states))
         return outputs, new_states
+
+    def advance(self, frame: Any, states: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """Only the new states of :meth:`step`: the last hourglass's expanding path and output convolution, which
+        no state depends on, are skipped (inference of frames whose embeddings are not used)."""
+        if len(states) != self.stacks:
+            raise ValueError(f"{self.name}: expected states for {self.stacks} hourglasses, got {len(states)}")
+        new_states = []
+        x = frame
+        for k, hourglass in enumerate(self.hourglasses):
+            if k == self.stacks - 1:
+                new_states.append(list(hourglass.parallel_path(x, list(states[k]))))
+                break
+            embeddings, hourglass_states = hourglass(x, list(states[k]))
+            new_states.append(list(hourglass_states))
+            x = stack_input(frame, embeddings, self.normalization_epsilon)
+        return new_states
 
     def nest_states(self, flat_states: Sequence[Any]) -> list[list[Any]]:
         """Flat (hourglass-major) state list → ``states[k][ℓ]``."""

@@ -216,3 +216,30 @@ def load_trained_model(model_dir: str | os.PathLike, weights: str = "best") -> t
     model = build_model(config.model)
     load_weights_checked(model, path)
     return model, config
+
+
+def create_model_folder(config: Config, model: Any, model_dir: str | os.PathLike) -> ModelFolder:
+    """Write a model folder for an already built (e.g. untrained) network: ``config.yaml`` and both weights files.
+
+    For benchmarks and tests that need ``rshn predict`` without training: the folder loads with
+    :func:`load_trained_model` like one written by ``rshn train`` (it has no checkpoints, logs or training state).
+
+    Args:
+        config: The configuration the network was built from (``model`` section).
+        model: The Keras network (see :func:`rshn_tf.models.build_model`).
+        model_dir: The folder to write; it must not hold a training run.
+
+    Returns:
+        The :class:`ModelFolder`.
+
+    Raises:
+        RshnError: If the folder already holds a model.
+    """
+    folder = ModelFolder(model_dir)
+    if folder.has_training_output():
+        raise RshnError(f"model folder {folder.root} already holds a model; choose another folder")
+    folder.root.mkdir(parents=True, exist_ok=True)
+    folder.write_config(config)
+    for which in WEIGHTS_FILES:
+        save_weights_atomic(model, folder.weights_path(which))
+    return folder

@@ -17,6 +17,8 @@ H and W must be multiples of 2^(levels-1). Build models with :func:`build_model`
 Streaming (RSHN only, §2.5): :meth:`RecurrentStackedHourglass.zero_states` and
 :meth:`RecurrentStackedHourglass.step` run one frame at a time with explicit states; :class:`RecurrentStream`
 keeps the states for the caller (get / set / reset). Running T frames through ``step`` equals the sequence call.
+:meth:`RecurrentStackedHourglass.advance` returns only the new states (cheaper; for frames whose embeddings are
+not used).
 The sequence call loops over time with ``keras.layers.RNN`` (a symbolic ``while_loop`` under TensorFlow, so a
 ``tf.function`` traces one frame, not T).
 
@@ -256,13 +258,23 @@ class RecurrentStackedHourglass(_StackedHourglassModel):
             ``outputs``: one (B, H, W, D) tensor per hourglass (raw embeddings); ``new_states``: same structure as
             ``states``.
         """
+        self._check_step(frames, states)
+        return self.cell.step(frames, states)
+
+    def advance(self, frames: Any, states: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """The new states of :meth:`step` without the embeddings: the last hourglass's expanding path and output
+        convolution are skipped (about 6 % of a step). For frames whose embeddings are not used, e.g. all but the
+        last two frames of an inference window (§2.5)."""
+        self._check_step(frames, states)
+        return self.cell.advance(frames, states)
+
+    def _check_step(self, frames: Any, states: Sequence[Sequence[Any]]) -> None:
         self._check_input_shape(tuple(frames.shape), "frames", time_axis=False)
         if len(states) != self.stacks or any(len(s) != self.levels for s in states):
             raise RshnError(
                 f"{self.name}: states must be a list of {self.stacks} lists of {self.levels} tensors "
                 "(use model.zero_states(batch, height, width))"
             )
-        return self.cell.step(frames, states)
 
     def call(self, frames: Any, training: Optional[bool] = None) -> list[Any]:
         """Run whole sequences from zero states: (B, T, H, W, C) → list of (B, T, H, W, D) per hourglass."""

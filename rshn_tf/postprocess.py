@@ -9,6 +9,7 @@ feeds it whole network-grid pairs read from ``pair_NNN.npy`` files (:func:`run_p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -20,11 +21,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ctc_submission.writer import mask_digits, write_ctc_result
+from data_io.preprocess import network_shape
 from data_io.resample import resample_stack
 from rshn_tf.clustering import cluster_tiles
 from rshn_tf.config import Config
 from rshn_tf.errors import RshnError
-from rshn_tf.tiling import extract_tiles, merge_tiles, tile_grid
+from rshn_tf.tiling import merge_tiles, tile_grid
 from rshn_tf.tracking import PairTracker, finalize_tracks
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,6 @@ log = logging.getLogger(__name__)
 STAGES = ("clustering", "merging", "tracking", "resampling", "finalising", "writing")
 
 _PAIR_FILE = re.compile(r"^pair_(\d+)\.npy$")
-
-
-def network_shape(config: Config, original_shape: Sequence[int]) -> tuple[int, int]:
-    """Size (height, width) of the network grid: ``data.resampled_size``, or the original size when it is null."""
-    size = config.data.resampled_size if config.data.resampled_size is not None else original_shape
-    return int(size[0]), int(size[1])
 
 
 def background_embedding(dim: int) -> np.ndarray:
@@ -54,12 +50,16 @@ class PostProcessor:
     Args:
         config: The resolved configuration (``data``, ``inference``, ``postprocessing``, ``tracking`` are read).
         original_shape: Size (height, width) of the original frames the result is resampled back to.
+        single_frame: The video has one frame: exactly one pair is added, the frame with itself ⟨0, 0⟩ (clustered
+            like any pair), and the result keeps one frame. The t_length rule is not applied then, since no track of
+            a one-frame video can be longer than one frame.
     """
 
-    def __init__(self, config: Config, original_shape: Sequence[int]):
+    def __init__(self, config: Config, original_shape: Sequence[int], single_frame: bool = False):
         self.config = config
         self.original_shape = (int(original_shape[0]), int(original_shape[1]))
-        self.shape = network_shape(config, self.original_shape)
+        self.shape = network_shape(self.original_shape, config.data)
+        self.single_frame = bool(single_frame)
         self.grid = tile_grid(self.shape, config.data.tile_size, config.inference.tile_overlap)
         self.tracker = PairTracker(config.tracking)
         self.timings: dict[str, float] = defaultdict(float)
@@ -67,7 +67,9 @@ class PostProcessor:
 
     @property
     def num_frames(self) -> int:
-        """Frames tracked so far (pairs + 1, or 0)."""
+        """Frames tracked so far (pairs + 1, or 0; 1 for a single-frame video)."""
+        if self.single_frame:
+            return min(self.num_pairs, 1)
         return self.num_pairs + 1 if self.num_pairs else 0
 
     def add_pair(self, embeddings: np.ndarray) -> None:
@@ -81,13 +83,18 @@ class PostProcessor:
         if embeddings.ndim != 4 or embeddings.shape[0] != 2 or tuple(embeddings.shape[1:3]) != self.shape:
             raise ValueError(f"pair embeddings must have shape (2, {self.shape[0]}, {self.shape[1]}, D), "
                              f"got {embeddings.shape}")
-        tiles = extract_tiles(embeddings, self.grid, pad_value=background_embedding(embeddings.shape[-1]), axis=1)
-        self.add_pair_tiles(list(tiles))
+        start = time.perf_counter()
+        pad = background_embedding(embeddings.shape[-1])
+        tiles = [tile.extract(embeddings, pad, axis=1, copy=False) for tile in self.grid.tiles]  # views, no copies
+        self.timings["clustering"] += time.perf_counter() - start
+        self.add_pair_tiles(tiles)
 
     def add_pair_tiles(self, tiles: Sequence[np.ndarray]) -> None:
         """Add the next frame pair as per-tile embeddings (2, tile_h, tile_w, D), one per tile of :attr:`grid`."""
         if len(tiles) != len(self.grid):
             raise ValueError(f"got {len(tiles)} tiles, the grid has {len(self.grid)}")
+        if self.single_frame and self.num_pairs:
+            raise ValueError("a single-frame video takes exactly one pair (the frame with itself)")
         start = time.perf_counter()
         seed = self.config.postprocessing.seed + self.num_pairs
         tile_labels = cluster_tiles(tiles, self.config.postprocessing, seed=seed)
@@ -110,11 +117,15 @@ class PostProcessor:
             raise RshnError("no frame pairs were given; a video needs at least two frames")
         start = time.perf_counter()
         labels = self.tracker.labels
+        tracking = self.config.tracking
+        if self.single_frame:
+            labels = labels[:1]
+            tracking = dataclasses.replace(tracking, min_track_length=1)
         if labels.shape[1:] != self.original_shape or self.config.data.extra_scale != 1.0:
-            labels = resample_stack(labels, self.original_shape, self.config.tracking.resample_interpolation,
+            labels = resample_stack(labels, self.original_shape, tracking.resample_interpolation,
                                     scale=1.0 / self.config.data.extra_scale)
         mid = time.perf_counter()
-        labels, tracks = finalize_tracks(labels, self.config.tracking, self.config.data.border_band)
+        labels, tracks = finalize_tracks(labels, tracking, self.config.data.border_band)
         self.timings["resampling"] += mid - start
         self.timings["finalising"] += time.perf_counter() - mid
         return labels, tracks

@@ -65,7 +65,9 @@ class Tile:
         (y, x), (h, w), (height, width) = self.offset, self.size, self.image_shape
         return y <= 0, y + h >= height, x <= 0, x + w >= width
 
-    def extract(self, array: np.ndarray, pad_value: float | np.ndarray = 0.0, axis: int = 0) -> np.ndarray:
+    def extract(
+        self, array: np.ndarray, pad_value: float | np.ndarray = 0.0, axis: int = 0, copy: bool = True
+    ) -> np.ndarray:
         """Cut this tile out of ``array``, padding the parts outside the image.
 
         Args:
@@ -74,6 +76,7 @@ class Tile:
             pad_value: Value of padded pixels; a scalar or an array broadcastable to the trailing axes (e.g. the
                 background embedding).
             axis: Index of the height axis.
+            copy: If False, a tile lying wholly inside the image is returned as a view of ``array`` (no copy).
 
         Returns:
             Array of the same dtype with the two spatial axes replaced by the tile size.
@@ -82,7 +85,7 @@ class Tile:
         lead = (slice(None),) * axis
         part = array[lead + self.image_slice]
         if part.shape[axis:axis + 2] == self.size:
-            return part.copy()
+            return part.copy() if copy else part
         shape = array.shape[:axis] + tuple(self.size) + array.shape[axis + 2:]
         out = np.empty(shape, dtype=array.dtype)
         out[...] = pad_value
@@ -244,27 +247,30 @@ def _tile_candidates(part: np.ndarray, tile: Tile, ignore_border: int) -> list[_
     return candidates
 
 
-def _merge_instances(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, config: PostprocessingConfig) -> None:
+def _merge_instances(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, config: PostprocessingConfig) -> bool:
     """Paper mode: largest candidate first; a candidate overlapping one already kept instance by more than
     ``merge_overlap_fraction`` of its own area is the same instance and is dropped, otherwise its free pixels are
-    pasted as a new instance."""
+    pasted as a new instance. Returns whether some new instance got no free pixel (ids 1..K then have gaps)."""
     candidates: list[_Candidate] = []
     for part, tile in zip(parts, grid.tiles):
         candidates.extend(_tile_candidates(part, tile, config.merge_ignore_border))
     candidates.sort(key=lambda c: (-c.area, c.tile, c.label))
     next_id = 1
+    gaps = False
     for cand in candidates:
         region = out[cand.box]
         under = region[cand.mask]
         occupied = under[under > 0]
         if occupied.size:
-            _, counts = np.unique(occupied, return_counts=True)
-            if counts.max() > config.merge_overlap_fraction * cand.area:
+            if np.bincount(occupied).max() > config.merge_overlap_fraction * cand.area:  # largest overlap
                 continue
-            region[cand.mask & (region == 0)] = next_id
+            free = cand.mask & (region == 0)
+            region[free] = next_id
+            gaps = gaps or not free.any()
         else:
             region[cand.mask] = next_id
         next_id += 1
+    return gaps
 
 
 def _merge_blobs(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, config: PostprocessingConfig) -> None:
@@ -347,7 +353,8 @@ def merge_tiles(
     frames = parts[0].shape[0] if parts else 2
     out = np.zeros((frames,) + grid.image_shape, dtype=np.int32)
     if config.merge_mode == "instance":
-        _merge_instances(parts, grid, out, config)
+        if not _merge_instances(parts, grid, out, config):
+            return out  # ids are 1..K already
     else:
         _merge_blobs(parts, grid, out, config)
     return relabel_consecutive(out)

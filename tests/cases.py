@@ -265,8 +265,14 @@ def close_pairs(grown: np.ndarray, grown_next: np.ndarray | None = None) -> set[
     return set(zip((codes >> 32).tolist(), (codes & 0xFFFFFFFF).tolist()))
 
 
-def dsatur_colouring(nodes: list[int], edges: set[tuple[int, int]]) -> dict[int, int]:
-    """Greedy DSATUR graph colouring: colours 0, 1, … so that neighbours differ."""
+def dsatur_colouring(nodes: list[int], edges: set[tuple[int, int]],
+                     rng: Optional[np.random.Generator] = None) -> dict[int, int]:
+    """Greedy DSATUR graph colouring: colours 0, 1, … so that neighbours differ.
+
+    Without ``rng`` every node takes the smallest free colour (few colours: the hardest oracle, where far cells
+    share directions). With ``rng`` it takes a random free colour among the first :data:`ORACLE_COLOURS`
+    (the smallest free colour if none of them is free), so the directions are spread over the palette.
+    """
     neighbours: dict[int, set[int]] = {n: set() for n in nodes}
     for a, b in edges:
         neighbours[a].add(b)
@@ -276,17 +282,20 @@ def dsatur_colouring(nodes: list[int], edges: set[tuple[int, int]]) -> dict[int,
         node = max((n for n in nodes if n not in colour),
                    key=lambda n: (len({colour[m] for m in neighbours[n] if m in colour}), len(neighbours[n]), -n))
         used = {colour[m] for m in neighbours[node] if m in colour}
-        colour[node] = next(c for c in range(len(nodes) + 1) if c not in used)
+        free = [c for c in range(ORACLE_COLOURS) if c not in used] if rng is not None else []
+        colour[node] = free[rng.integers(len(free))] if free else next(c for c in range(len(nodes) + 1)
+                                                                        if c not in used)
     return colour
 
 
-def window_colourings(video: np.ndarray, window: int, distance: float) -> list[dict[int, int]]:
+def window_colourings(video: np.ndarray, window: int, distance: float,
+                      rng: Optional[np.random.Generator] = None) -> list[dict[int, int]]:
     """Colours 1..15 of the tracks of every pair (t, t+1), coloured over the network window of ``window`` frames
     ending at t+1 (the network keeps an instance's embedding within one window; windows are independent).
 
     Tracks whose masks come within ``distance`` px in a frame of the window, or in two consecutive frames of it,
     are neighbours. If a window needs more than 15 colours, the distance is halved for that window until it fits
-    (touching cells always differ).
+    (touching cells always differ). ``rng`` spreads the colours over the palette (see :func:`dsatur_colouring`).
     """
     grown: dict[float, dict[int, np.ndarray]] = {}
     pairs: dict[tuple[float, int, bool], set[tuple[int, int]]] = {}
@@ -310,7 +319,7 @@ def window_colourings(video: np.ndarray, window: int, distance: float) -> list[d
         while True:
             edges = set().union(*(edges_of(d, f, False) for f in frames),
                                 *(edges_of(d, f, True) for f in frames[:-1]))
-            colour = dsatur_colouring(nodes, edges)
+            colour = dsatur_colouring(nodes, edges, rng)
             if not colour or max(colour.values()) < ORACLE_COLOURS:
                 break
             if d <= 1.0:
@@ -359,6 +368,59 @@ def write_oracle_embeddings(video: np.ndarray, folder, window: int, distance: fl
     for t, (colouring, field) in enumerate(zip(colourings, fields)):
         np.save(folder / f"pair_{t:03d}.npy", oracle_pair(video, t, colouring, field).astype(dtype, copy=False))
     return len(colourings)
+
+
+def drifting_disks(shape: tuple[int, int], cells: int, frames: int, radius: tuple[float, float] = (8.0, 12.0),
+                   step: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Label video (T, H, W) int32 of up to ``cells`` disjoint disks (ids 1..n, radii uniform in ``radius``) that
+    drift by up to ``step`` px per axis and frame; a disk whose move would make it overlap another stays put."""
+    rng = np.random.default_rng(seed)
+    centres: list[np.ndarray] = []
+    radii: list[float] = []
+    for _ in range(cells * 20):
+        if len(centres) == cells:
+            break
+        r = rng.uniform(*radius)
+        c = rng.uniform([r, r], [shape[0] - r, shape[1] - r])
+        if all(np.hypot(*(c - o)) > r + q for o, q in zip(centres, radii)):
+            centres.append(c)
+            radii.append(r)
+    centre, rad = np.array(centres).reshape(-1, 2), np.array(radii)
+    video = np.zeros((frames,) + tuple(shape), np.int32)
+    for t in range(frames):
+        if t:
+            moves = rng.uniform(-step, step, centre.shape)
+            for i in range(len(centre)):
+                moved = centre[i] + moves[i]
+                gap = np.hypot(*(centre - moved).T) - rad - rad[i]
+                gap[i] = np.inf
+                if np.all(gap > 0):
+                    centre[i] = moved
+        for i, ((cy, cx), r) in enumerate(zip(centre, rad), start=1):
+            top, left = max(int(cy - r), 0), max(int(cx - r), 0)
+            box = (slice(top, int(cy + r) + 1), slice(left, int(cx + r) + 1))
+            video[t][box][disk_mask(video[t][box].shape, cy - top, cx - left, r)] = i
+    return video
+
+
+def oracle_video(shape: tuple[int, int], cells: int, frames: int, window: int, distance: float,
+                 noise: float = 0.05, radius: tuple[float, float] = (8.0, 12.0), seed: int = 0
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The benchmarks' oracle: a :func:`drifting_disks` video and the oracle embeddings of its frame pairs.
+
+    Every cell takes one of the 15 unit directions e_1 … e_15, chosen at random among those not taken by cells
+    within ``distance`` px in its network window (:func:`window_colourings`), the background e_b = e_0; Gaussian
+    noise of standard deviation ``noise`` per component is added before L2-normalising (0.05: cos ≈ 0.98 between
+    a pixel and its cell's direction).
+
+    Returns:
+        ``(video, pairs)``: labels (T, H, W) int32 and T − 1 float32 embeddings (2, H, W, 16).
+    """
+    rng = np.random.default_rng(seed)
+    video = drifting_disks(shape, cells, frames, radius, seed=seed)
+    colourings = window_colourings(video, window, distance, rng)
+    fields = noise_fields(tuple(shape), frames - 1, noise, rng)
+    return video, [oracle_pair(video, t, c, f) for t, (c, f) in enumerate(zip(colourings, fields))]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rshn_tf.cli import EXIT_NOT_AVAILABLE, EXIT_USER_ERROR, build_parser, main
+from rshn_tf.cli import EXIT_USER_ERROR, build_parser, main
 
 VERBS = ["train", "predict", "postprocess", "evaluate", "experiment", "table3", "package", "demo", "synth",
          "check-config", "show-sample", "overlay"]
@@ -69,18 +69,3 @@ def test_module_entry_point():
     assert "OK  PhC-C2DH-U373" in result.stdout
 
 
-# Verbs whose machinery arrives with later issues; each later issue removes its verbs from this list.
-NOT_YET = {
-    "predict": ["predict", "--model", "m", "--input", "i", "--output", "o"],
-    "package": ["package", "--check", "s"],
-}
-
-
-@pytest.mark.parametrize("verb", sorted(NOT_YET))
-def test_unbuilt_verbs_say_so_and_fail(verb, capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert main(NOT_YET[verb]) == EXIT_NOT_AVAILABLE
-    captured = capsys.readouterr()
-    assert f"'rshn {verb}' is not yet available" in captured.err
-    assert captured.out == ""
-    assert list(tmp_path.iterdir()) == []  # no fake output

@@ -27,6 +27,7 @@ from tests.cases import (
     embeddings_from_labels,
     instance_directions,
     oracle_frame_pair,
+    oracle_video,
     same_partition,
     shifted_pair,
 )
@@ -90,6 +91,18 @@ def test_result_matches_an_independent_float64_mean_shift():
     _, labels = cosine_mean_shift(features, 0.1, seeds, 300, 1e-3)
     assert same_partition(labels + 1, expected + 1)
     assert same_partition(labels + 1, truth[mask])
+
+
+def test_tile_features_of_a_view_match_a_pixel_loop():
+    rng = np.random.default_rng(8)
+    frame_pair = rng.normal(size=(2, 40, 50, 16)).astype(np.float32)
+    view = frame_pair[:, 3:35, 10:47]  # a tile cut out of a bigger array, as PostProcessor passes it
+    mask = foreground_mask(view, 0.5)
+    expected = [list(view[t, y, x]) + [0.02 * y, 0.02 * x]
+                for t in range(2) for y in range(32) for x in range(37) if mask[t, y, x]]
+    features = tile_features(view, mask, 0.02)
+    assert features.dtype == np.float32 and 0 < len(features) < mask.size
+    np.testing.assert_array_equal(features, np.array(expected, dtype=np.float32))
 
 
 def test_all_background_and_all_padding_tiles_give_zeros():
@@ -238,6 +251,18 @@ def test_fast_equals_reference_on_a_full_size_tile_of_a_dense_frame():
     embeddings, _ = oracle_frame_pair((256, 256), 30, noise=0.1, seed=12)  # ~ a Fluo-N2DL-HeLa tile
     features = tile_features(embeddings, foreground_mask(embeddings, 0.5), 0.005)
     seeds = choose_seeds(len(features), 128, 12)
+    fast = cosine_mean_shift(features, 0.1, seeds, 300, 1e-3)
+    ref = cosine_mean_shift_reference(features, 0.1, seeds, 300, 1e-3)
+    assert len(features) > 5000 and len(ref[0]) > 5
+    np.testing.assert_array_equal(fast[0], ref[0])
+    np.testing.assert_array_equal(fast[1], ref[1])
+
+
+def test_fast_equals_reference_on_a_tile_of_the_benchmark_oracle():
+    # a 256 x 256 tile like those of benchmarks/bench_postprocess.py (1100 x 700 scenario: ~25 cells per tile)
+    _, pairs = oracle_video((256, 256), 25, 2, window=8, distance=10, noise=0.05, seed=5)
+    features = tile_features(pairs[0], foreground_mask(pairs[0], 0.5), 0.005)
+    seeds = choose_seeds(len(features), 128, 5)
     fast = cosine_mean_shift(features, 0.1, seeds, 300, 1e-3)
     ref = cosine_mean_shift_reference(features, 0.1, seeds, 300, 1e-3)
     assert len(features) > 5000 and len(ref[0]) > 5

@@ -158,10 +158,10 @@ def oracle_masks(sequence) -> tuple[np.ndarray, int]:
 
 def network_video(masks: np.ndarray, config, original_shape) -> np.ndarray:
     """Masks at the network resolution of ``config`` (nearest neighbour)."""
+    from data_io.preprocess import network_shape
     from data_io.resample import resample_2d
-    from rshn_tf.postprocess import network_shape
 
-    shape = network_shape(config, original_shape)
+    shape = network_shape(original_shape, config.data)
     return np.stack([resample_2d(f, shape, "nearest", scale=config.data.extra_scale) for f in masks])
 
 

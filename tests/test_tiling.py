@@ -166,6 +166,57 @@ def test_blob_mode_larger_blob_replaces_the_old_one():
     np.testing.assert_array_equal(merged, expected)
 
 
+def reference_instance_merge(tile_labels, grid, fraction):
+    """The paper's merge written plainly: whole-image masks per candidate, largest candidate first."""
+    shape = grid.image_shape
+    candidates = []
+    for tile, labels in zip(grid.tiles, tile_labels):
+        part = tile.crop(labels, axis=1)
+        h, w = part.shape[1:]
+        top, bottom, left, right = tile.outer
+        for label in np.unique(part)[1:]:
+            mask = part == label
+            rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+            if ((rows[0] == 0 and not top) or (rows[-1] == h - 1 and not bottom)
+                    or (cols[0] == 0 and not left) or (cols[-1] == w - 1 and not right)):
+                continue
+            whole = np.zeros((2,) + shape, bool)
+            whole[(slice(None),) + tile.image_slice] = mask
+            candidates.append((-int(mask.sum()), tile.index, int(label), whole))
+    candidates.sort(key=lambda c: c[:3])
+    out = np.zeros((2,) + shape, np.int32)
+    next_id = 1
+    for negative_area, _, _, whole in candidates:
+        occupied = out[whole][out[whole] > 0]
+        if occupied.size and max(np.count_nonzero(occupied == v) for v in set(occupied.tolist())) > \
+                fraction * -negative_area:
+            continue
+        out[whole & (out == 0)] = next_id
+        next_id += 1
+    return relabel_consecutive(out)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+def test_instance_merge_equals_a_plain_reference_on_conflicting_tiles(fraction):
+    # a dense video cut into 5 x 5 overlapping tiles; every tile sees its instances grown or shrunk at random, so
+    # candidates of neighbouring tiles disagree: candidates are dropped, pasted whole, pasted on their free pixels,
+    # decided by the largest of several kept instances under them, and (fraction 0.5) left without a free pixel
+    from scipy import ndimage
+
+    video = cases.drifting_disks((160, 160), 60, 2, radius=(6.0, 11.0), seed=2)
+    grid = tile_grid((160, 160), (64, 64), 40)
+    rng = np.random.default_rng(2)
+    tiles = []
+    for labels in cases.tile_labels_of_pair(video, grid):
+        grown = ndimage.grey_dilation(labels, size=(1, 11, 11))
+        shrunk = np.where(ndimage.grey_erosion(labels, size=(1, 11, 11)) == labels, labels, 0)
+        pick = rng.integers(3, size=int(labels.max()) + 1)[labels]
+        tiles.append(np.select([pick == 1, pick == 2], [grown, shrunk], labels).astype(np.int32))
+    merged = merge_tiles(tiles, grid, (160, 160), PostprocessingConfig(merge_overlap_fraction=fraction))
+    np.testing.assert_array_equal(merged, reference_instance_merge(tiles, grid, fraction))
+    assert merged.max() > 30
+
+
 def test_merge_validates_its_inputs():
     grid = _two_tiles()
     with pytest.raises(ValueError, match="grid"):

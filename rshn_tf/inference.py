@@ -1,0 +1,681 @@
+"""Network inference over a whole video: sliding windows, tiles and ConvGRU states → frame-pair embeddings
+(paper §2.4, §2.5, §4.2; reference notes §1.5, §5.1, §5.2), and ``rshn predict`` on top of it.
+
+Frames are read one at a time, smoothed and robustly normalised at their original resolution and resampled to the
+network grid (:mod:`data_io.preprocess`); a rolling buffer keeps only the frames of the current window.
+
+Windows (§2.5): the video is cut into windows of l = ``data.sequence_length`` frames shifted by one frame; the
+ConvGRU states are reset to zero at the start of every window, and each window runs its frames in order. The first
+window gives the pairs ⟨0, 1⟩ … ⟨l−2, l−1⟩ (the paper's sequences of length 2 … l−1 for the first l−2 frames are
+prefixes of it, and the network is causal, so their last pairs are exactly these), every later window j only its
+last pair ⟨j+l−2, j+l−1⟩: T − 1 pairs in all, handed to the post-processing in frame order as soon as they exist.
+A video shorter than l frames (T ≥ 2) is one window of length T. A one-frame video is one window of length 1 and
+the single pair ⟨0, 0⟩ (the frame with itself; see :class:`~rshn_tf.postprocess.PostProcessor`, ``single_frame``).
+
+Spatial layouts (``inference.full_frame``):
+
+* tiles (paper, default): every network-grid frame is cut into ``data.tile_size`` tiles overlapping by
+  ``inference.tile_overlap`` (§4.2: 256 × 256, 128), padded with -1 (the normalised intensity outside the image)
+  where a tile reaches past a small image. Each tile keeps its own ConvGRU states, and the post-processing clusters
+  each tile's own embeddings (:meth:`~rshn_tf.postprocess.PostProcessor.add_pair_tiles`), as in the paper.
+* full frame: the whole frame, padded with -1 to a multiple of 2^(levels−1), runs as one input; the tiles for the
+  clustering are cut from its embeddings (:meth:`~rshn_tf.postprocess.PostProcessor.add_pair`). Fewer pixels run
+  through the network (no overlap) but every pixel sees the whole frame as context, so results differ slightly.
+
+Batching (``inference.batch_tiles``, ``inference.max_batch_tiles``): the tiles of a frame go through one
+``tf.function`` call per batch of up to ``max_batch_tiles`` tiles (the traced function has a free batch axis, so a
+smaller last batch does not retrace). Results equal the per-tile loop up to float rounding of the convolution
+library.
+
+Architectures: the RSHN runs frame by frame with explicit states (:meth:`RecurrentStackedHourglass.step`; frames
+whose embeddings a window does not use only advance the states, :meth:`RecurrentStackedHourglass.advance`); the SHN
+has no temporal context, so each frame runs once and consecutive frames form the pairs (the same embeddings any
+window would give); the volumetric network runs each window (B, l, h, w, 1) in one pass, and pairs are taken from
+its output volume like for the RSHN (notes §2.1).
+
+``rshn predict`` = :func:`predict`; :func:`embed_pairs` is the network part alone (for tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from ctc_submission.writer import check_result_target
+from data_io.ctc import list_frames, read_frame
+from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
+from rshn_tf.config import Config, DataConfig, apply_dict, parse_override, save_config, validate
+from rshn_tf.errors import RshnError
+from rshn_tf.postprocess import PostProcessor
+from rshn_tf.tiling import TileGrid, extract_tiles, tile_grid
+
+log = logging.getLogger(__name__)
+
+#: Timed stages of the network part (seconds in :attr:`PairEmbedder.timings`).
+NETWORK_STAGES = ("reading", "preprocessing", "network")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Windows
+
+
+@dataclass(frozen=True)
+class Window:
+    """One sliding window: frames ``start … start + length − 1`` run from zero states.
+
+    Attributes:
+        start: First frame.
+        length: Number of frames.
+        pairs: The frame pairs (t, t') whose embeddings this window provides, in order.
+    """
+
+    start: int
+    length: int
+    pairs: tuple[tuple[int, int], ...]
+
+    @property
+    def frames(self) -> range:
+        """The frames the window runs, in order."""
+        return range(self.start, self.start + self.length)
+
+    @property
+    def needed(self) -> frozenset[int]:
+        """Frames whose embeddings are used (in a pair)."""
+        return frozenset(t for pair in self.pairs for t in pair)
+
+
+def plan_windows(num_frames: int, sequence_length: int) -> list[Window]:
+    """The windows of a video and the pairs each one provides (§2.5; notes §5.1; see the module docstring).
+
+    Args:
+        num_frames: Frames T of the video (at least 1).
+        sequence_length: Window length l (``data.sequence_length``).
+
+    Returns:
+        Windows in order; their pairs are ⟨0, 1⟩ … ⟨T−2, T−1⟩ once each (⟨0, 0⟩ for T = 1).
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    if sequence_length < 2:
+        raise ValueError(f"the window length must be at least 2, got {sequence_length}")
+    if num_frames == 1:
+        return [Window(0, 1, ((0, 0),))]
+    length = min(sequence_length, num_frames)
+    windows = [Window(0, length, tuple((t, t + 1) for t in range(length - 1)))]
+    for start in range(1, num_frames - length + 1):
+        last = start + length - 1
+        windows.append(Window(start, length, ((last - 1, last),)))
+    return windows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Frames
+
+
+class FrameSource:
+    """The network-grid frames of a sequence folder, read and preprocessed on demand and kept only while needed.
+
+    Args:
+        paths: Frame files in order (from :func:`data_io.ctc.list_frames`).
+        config: Data settings (smoothing, normalisation, network grid).
+        original_shape: Size (height, width) of the raw frames.
+    """
+
+    def __init__(self, paths: Sequence[Path], config: DataConfig, original_shape: Sequence[int]):
+        self.paths = list(paths)
+        self.config = config
+        self.original_shape = (int(original_shape[0]), int(original_shape[1]))
+        self.shape = network_shape(self.original_shape, config)
+        self.timings: dict[str, float] = defaultdict(float)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        """Frame t on the network grid, float32 (h, w)."""
+        if t not in self._cache:
+            start = time.perf_counter()
+            raw = read_frame(self.paths[t])
+            if raw.shape != self.original_shape:
+                raise RshnError(f"{self.paths[t]}: frame shape {raw.shape} differs from {self.original_shape}")
+            mid = time.perf_counter()
+            self._cache[t] = to_network_grid(preprocess_frame(raw, self.config), self.config)
+            self.timings["reading"] += mid - start
+            self.timings["preprocessing"] += time.perf_counter() - mid
+        return self._cache[t]
+
+    def release_before(self, t: int) -> None:
+        """Forget every frame before t."""
+        for key in [k for k in self._cache if k < t]:
+            del self._cache[key]
+
+    @property
+    def cached(self) -> int:
+        """Frames currently held."""
+        return len(self._cache)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Spatial layouts
+
+
+def central_owner(grid: TileGrid) -> np.ndarray:
+    """For every image pixel, the tile in which it lies most centrally.
+
+    Centrality is the distance (in pixels) to the nearest edge of the tile; ties go to the first tile in grid
+    order. With the paper's grid (overlap = half a tile) this cuts every overlap in the middle.
+
+    Returns:
+        (H, W) int32 tile indices.
+    """
+    height, width = grid.image_shape
+    best = np.full((height, width), -1, dtype=np.int64)
+    owner = np.zeros((height, width), dtype=np.int32)
+    for tile in grid.tiles:
+        th, tw = tile.size
+        ys = np.arange(th)[tile.tile_slice[0]]
+        xs = np.arange(tw)[tile.tile_slice[1]]
+        dy = np.minimum(ys, th - 1 - ys)
+        dx = np.minimum(xs, tw - 1 - xs)
+        centrality = np.minimum(dy[:, None], dx[None, :])
+        region = best[tile.image_slice]
+        better = centrality > region
+        region[better] = centrality[better]
+        owner[tile.image_slice][better] = tile.index
+    return owner
+
+
+class TileLayout:
+    """Tiles mode: the network runs on the tiles of the network-grid frame (§2.4, §4.2; notes §5.2)."""
+
+    full_frame = False
+
+    def __init__(self, shape: Sequence[int], config: Config):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.grid = tile_grid(self.shape, config.data.tile_size, config.inference.tile_overlap)
+        self.input_shape = self.grid.tile_size
+        self._owner: Optional[np.ndarray] = None
+
+    @property
+    def num_inputs(self) -> int:
+        """Network inputs per frame (tiles)."""
+        return len(self.grid)
+
+    def inputs(self, frame: np.ndarray) -> np.ndarray:
+        """(n_tiles, th, tw, 1) float32 tiles of a network-grid frame, padded with -1 outside the image."""
+        return extract_tiles(frame, self.grid, pad_value=OUTSIDE_VALUE)[..., None]
+
+    def add_to(self, processor: PostProcessor, first: np.ndarray, second: np.ndarray) -> None:
+        """Give the pair to the post-processing tile by tile (each tile's own embeddings)."""
+        processor.add_pair_tiles([np.stack([a, b]) for a, b in zip(first, second)])
+
+    def full_pair(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """(2, H, W, D) float32 pair on the network grid, each pixel from the tile where it lies most centrally."""
+        if self._owner is None:
+            self._owner = central_owner(self.grid)
+        out = np.empty((2,) + self.shape + (first.shape[-1],), dtype=np.float32)
+        for tile in self.grid.tiles:
+            mask = self._owner[tile.image_slice] == tile.index
+            for k, embeddings in enumerate((first, second)):
+                out[k][tile.image_slice][mask] = tile.crop(embeddings[tile.index])[mask]
+        return out
+
+
+class FullFrameLayout:
+    """Full-frame mode: the network runs on the whole frame, padded with -1 to a multiple of 2^(levels−1)."""
+
+    full_frame = True
+
+    def __init__(self, shape: Sequence[int], multiple: int):
+        self.shape = (int(shape[0]), int(shape[1]))
+        padded = tuple(-(-s // multiple) * multiple for s in self.shape)
+        self.input_shape = padded
+        self.pad = tuple(((p - s) // 2, p - s - (p - s) // 2) for p, s in zip(padded, self.shape))
+        self.crop = tuple(slice(before, before + s) for (before, _), s in zip(self.pad, self.shape))
+
+    num_inputs = 1
+
+    def inputs(self, frame: np.ndarray) -> np.ndarray:
+        """(1, H', W', 1) float32: the frame centred in the padded canvas, -1 around it."""
+        return np.pad(frame, self.pad, constant_values=OUTSIDE_VALUE)[None, ..., None].astype(np.float32, copy=False)
+
+    def full_pair(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """(2, H, W, D) float32 pair cropped back to the network grid."""
+        return np.stack([first[0][self.crop], second[0][self.crop]]).astype(np.float32, copy=False)
+
+    def add_to(self, processor: PostProcessor, first: np.ndarray, second: np.ndarray) -> None:
+        """Give the whole-frame pair to the post-processing, which cuts the tiles from it."""
+        processor.add_pair(self.full_pair(first, second))
+
+
+def make_layout(shape: Sequence[int], config: Config) -> TileLayout | FullFrameLayout:
+    """The layout selected by ``inference.full_frame`` for a network grid of size ``shape``."""
+    if config.inference.full_frame:
+        return FullFrameLayout(shape, 2 ** (config.model.levels - 1))
+    return TileLayout(shape, config)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The network part
+
+
+def batch_size(config: Config, num_inputs: int) -> int:
+    """Inputs per network call: ``inference.max_batch_tiles`` (0 = all) with ``batch_tiles``, else 1."""
+    if not config.inference.batch_tiles:
+        return 1
+    limit = config.inference.max_batch_tiles
+    return num_inputs if limit <= 0 else min(limit, num_inputs)
+
+
+def _chunks(count: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, count)) for i in range(0, count, size)]
+
+
+@dataclass
+class PairEmbeddings:
+    """The embeddings of one frame pair as produced by the network.
+
+    Attributes:
+        index: Pair number (0 … T−2; 0 for a one-frame video).
+        frames: The two frames (t, t+1), or (0, 0) for a one-frame video.
+        first: L2-normalised embeddings of the first frame, (n_inputs, h, w, D) float32 (n_inputs = tiles, or 1
+            padded full frame).
+        second: The same for the second frame.
+    """
+
+    index: int
+    frames: tuple[int, int]
+    first: np.ndarray
+    second: np.ndarray
+
+
+class PairEmbedder:
+    """Runs a trained network over a video and yields the embeddings of every frame pair in order.
+
+    Args:
+        model: An RSHN, SHN or volumetric network (:func:`rshn_tf.models.build_model`); any object with the RSHN
+            streaming API (``zero_states``, ``step``, ``normalized_embeddings``, ``stacks``, ``levels``,
+            ``filters``) runs as an RSHN.
+        config: The resolved configuration (``data``, ``model``, ``inference`` are read).
+        layout: :class:`TileLayout` or :class:`FullFrameLayout`.
+    """
+
+    def __init__(self, model: Any, config: Config, layout: TileLayout | FullFrameLayout):
+        import tensorflow as tf
+
+        from rshn_tf.models import StackedHourglass, VolumetricStackedHourglass
+
+        self.model = model
+        self.config = config
+        self.layout = layout
+        self.batch = batch_size(config, layout.num_inputs)
+        self.timings: dict[str, float] = defaultdict(float)
+        self.frame_steps = 0
+        height, width = layout.input_shape
+        frame_spec = tf.TensorSpec((None, height, width, 1), tf.float32)
+        if hasattr(model, "step") and hasattr(model, "zero_states"):  # the RSHN streaming API
+            self.kind = "rshn"
+            state_specs = [[tf.TensorSpec((None, height // 2**level, width // 2**level, model.filters), tf.float32)
+                            for level in range(model.levels)] for _ in range(model.stacks)]
+
+            def step(frames: Any, states: Any) -> tuple[Any, Any]:
+                outputs, new_states = model.step(frames, states)
+                return model.normalized_embeddings(outputs), new_states
+
+            self._function = tf.function(step, input_signature=[frame_spec, state_specs])
+            advance = getattr(model, "advance", None)
+            self._advance = (tf.function(advance, input_signature=[frame_spec, state_specs]) if advance is not None
+                             else None)
+            self._zeros: dict[int, Any] = {}
+        elif isinstance(model, VolumetricStackedHourglass):
+            self.kind = "volumetric"
+            self._function = tf.function(
+                lambda volume: model.normalized_embeddings(model(volume)),
+                input_signature=[tf.TensorSpec((None, None, height, width, 1), tf.float32)])
+        elif isinstance(model, StackedHourglass):
+            self.kind = "shn"
+            self._function = tf.function(lambda frames: model.normalized_embeddings(model(frames)),
+                                         input_signature=[frame_spec])
+        else:
+            raise RshnError(f"cannot run inference with a {type(model).__name__}; expected an RSHN, SHN or "
+                            "volumetric network")
+
+    @property
+    def tracing_count(self) -> int:
+        """How often each network function was traced at most (1 once used; more would mean retracing)."""
+        functions = [self._function] + ([self._advance] if getattr(self, "_advance", None) is not None else [])
+        return max(f.experimental_get_tracing_count() for f in functions)
+
+    def pairs(self, source: FrameSource) -> Iterator[PairEmbeddings]:
+        """Yield the embeddings of pairs ⟨0, 1⟩ … ⟨T−2, T−1⟩ (⟨0, 0⟩ for T = 1) of ``source`` in order."""
+        windows = plan_windows(len(source), self.config.data.sequence_length)
+        if self.kind == "shn":
+            yield from self._pairs_still(source, windows)
+            return
+        index = 0
+        for window in windows:
+            source.release_before(window.start)
+            run = self._window_rshn if self.kind == "rshn" else self._window_volumetric
+            for first, second, frames in run(source, window):
+                yield PairEmbeddings(index, frames, first, second)
+                index += 1
+        source.release_before(len(source))
+
+    # -- per architecture
+
+    def _inputs(self, source: FrameSource, t: int) -> np.ndarray:
+        return self.layout.inputs(source[t])
+
+    def _window_rshn(self, source: FrameSource, window: Window) -> Iterator[tuple[np.ndarray, np.ndarray, tuple]]:
+        """Run a window frame by frame; every input keeps its own states, reset at the window start (§2.5)."""
+        import tensorflow as tf
+
+        chunks = _chunks(self.layout.num_inputs, self.batch)
+        states = [self._zero_states(c.stop - c.start) for c in chunks]
+        kept: dict[int, np.ndarray] = {}
+        pending = list(window.pairs)
+        for t in window.frames:
+            inputs = self._inputs(source, t)
+            start = time.perf_counter()
+            needed = t in window.needed
+            for k, chunk in enumerate(chunks):
+                if needed or self._advance is None:
+                    embeddings, states[k] = self._function(tf.constant(inputs[chunk]), states[k])
+                    if needed:
+                        embeddings = embeddings.numpy()
+                        if t not in kept:
+                            kept[t] = np.empty((len(inputs),) + embeddings.shape[1:], np.float32)
+                        kept[t][chunk] = embeddings
+                else:  # only the states are needed from this frame
+                    states[k] = self._advance(tf.constant(inputs[chunk]), states[k])
+            self.timings["network"] += time.perf_counter() - start
+            self.frame_steps += 1
+            while pending and pending[0][1] <= t:
+                a, b = pending.pop(0)
+                yield kept[a], kept[b], (a, b)
+                for old in [u for u in kept if all(u < p[0] for p in pending)]:
+                    del kept[old]
+
+    def _zero_states(self, batch: int) -> Any:
+        if batch not in self._zeros:
+            self._zeros[batch] = self.model.zero_states(batch, *self.layout.input_shape)
+        return self._zeros[batch]
+
+    def _window_volumetric(self, source: FrameSource, window: Window) -> Iterator[tuple[np.ndarray, np.ndarray,
+                                                                                         tuple]]:
+        """Run the whole window in one pass per batch of inputs; pairs come from the output volume (notes §2.1)."""
+        import tensorflow as tf
+
+        volume = np.stack([self._inputs(source, t) for t in window.frames], axis=1)  # (n, L, h, w, 1)
+        start = time.perf_counter()
+        needed = sorted(window.needed)
+        positions = [t - window.start for t in needed]
+        outputs = []
+        for chunk in _chunks(self.layout.num_inputs, self.batch):
+            out = self._function(tf.constant(volume[chunk]))
+            outputs.append(tf.gather(out, positions, axis=1).numpy())
+        result = np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+        self.timings["network"] += time.perf_counter() - start
+        self.frame_steps += window.length
+        kept = {t: result[:, i] for i, t in enumerate(needed)}
+        for a, b in window.pairs:
+            yield kept[a], kept[b], (a, b)
+
+    def _pairs_still(self, source: FrameSource, windows: list[Window]) -> Iterator[PairEmbeddings]:
+        """SHN: no temporal context, so every frame runs once and consecutive frames form the pairs."""
+        import tensorflow as tf
+
+        cache: dict[int, np.ndarray] = {}
+        index = 0
+        for window in windows:
+            for a, b in window.pairs:
+                for t in (a, b):
+                    if t not in cache:
+                        inputs = self._inputs(source, t)
+                        start = time.perf_counter()
+                        outputs = [self._function(tf.constant(inputs[c])).numpy()
+                                   for c in _chunks(self.layout.num_inputs, self.batch)]
+                        cache[t] = np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+                        self.timings["network"] += time.perf_counter() - start
+                        self.frame_steps += 1
+                source.release_before(b)
+                yield PairEmbeddings(index, (a, b), cache[a], cache[b])
+                index += 1
+                for old in [u for u in cache if u < b]:
+                    del cache[old]
+
+
+def embed_pairs(model: Any, config: Config, source: FrameSource) -> Iterator[PairEmbeddings]:
+    """The embeddings of all frame pairs of ``source`` in order (the network part of ``rshn predict``)."""
+    layout = make_layout(source.shape, config)
+    return PairEmbedder(model, config, layout).pairs(source)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration, threads, saving
+
+
+def resolve_predict_config(model_config: Config, overrides: Sequence[str]) -> Config:
+    """The model folder's configuration with ``--set`` overrides applied; ``model.*`` may not change.
+
+    Raises:
+        RshnError: For an override of the ``model`` section (the weights belong to that network) or an invalid one.
+    """
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section == "model":
+            raise RshnError(f"--set {text}: 'model.*' keys describe the trained network and cannot be changed for "
+                            f"prediction; train a new model for another network")
+        apply_dict(model_config, {section: {key: value}}, f"--set {text}")
+    validate(model_config)
+    return model_config
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int) -> tuple[int, int]:
+    """Set TensorFlow's thread pools for inference (``inference.threads``).
+
+    ``threads`` > 0 is the intra-op pool (threads inside one convolution); 0 chooses all cores available to the
+    process. The inter-op pool (independent ops in parallel) is 1: the network is a chain of convolutions that
+    each use all intra-op threads, and a second pool only oversubscribes the cores (see docs/performance.md).
+    Must run before TensorFlow starts its runtime; otherwise the settings in force are kept (logged).
+
+    Returns:
+        The (intra, inter) thread counts requested.
+    """
+    import tensorflow as tf
+
+    intra = threads if threads > 0 else available_cores()
+    inter = 1
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        log.debug("TensorFlow is already running; keeping its thread settings (intra %d, inter %d)",
+                  tf.config.threading.get_intra_op_parallelism_threads(),
+                  tf.config.threading.get_inter_op_parallelism_threads())
+    return intra, inter
+
+
+#: Files an embeddings folder may contain; a folder with anything else is not replaced.
+_EMBEDDING_FILE_PATTERNS = ("pair_*.npy", "config.yaml")
+
+
+class EmbeddingWriter:
+    """Writes ``pair_NNN.npy`` (float32 (2, h, w, D) on the network grid) into a temporary folder beside the target
+    and renames it into place in :meth:`commit` (nothing half-written on a crash).
+
+    Args:
+        folder: The embeddings folder to create (an existing one is replaced only if it holds nothing but pair
+            files and ``config.yaml``).
+        config: The resolved configuration, saved as ``config.yaml`` beside the pairs.
+    """
+
+    def __init__(self, folder: str | os.PathLike, config: Config):
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RshnError(f"{self.folder}: exists and is not a folder")
+        if self.folder.is_dir() and not all(
+                any(e.is_file() and e.match(p) for p in _EMBEDDING_FILE_PATTERNS) for e in self.folder.iterdir()):
+            raise RshnError(f"{self.folder}: folder exists and holds files other than saved embeddings; refusing "
+                            "to replace it (choose another --save-embeddings folder or empty it)")
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.folder.parent / f".{self.folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
+        save_config(config, self.tmp / "config.yaml")
+
+    def write(self, index: int, pair: np.ndarray) -> None:
+        """Save pair ``index``."""
+        np.save(self.tmp / f"pair_{index:03d}.npy", np.asarray(pair, dtype=np.float32))
+
+    def commit(self) -> Path:
+        """Move the finished folder into place."""
+        if self.folder.exists():
+            old = self.folder.parent / f".{self.folder.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(self.folder, old)
+            os.replace(self.tmp, self.folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.folder)
+        return self.folder
+
+    def discard(self) -> None:
+        """Remove the temporary folder."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# rshn predict
+
+
+@dataclass
+class PredictionResult:
+    """What :func:`predict` did.
+
+    Attributes:
+        output_dir: The CTC result folder written.
+        num_frames: Frames of the video.
+        timings: Seconds per stage: ``reading``, ``preprocessing``, ``network`` and the post-processing stages of
+            :data:`rshn_tf.postprocess.STAGES`, plus ``total`` (wall clock of the whole call).
+        frame_steps: Frames run through the network (each frame runs in up to l windows).
+        embeddings_dir: The saved embeddings folder, if any.
+    """
+
+    output_dir: Path
+    num_frames: int
+    timings: dict[str, float] = field(default_factory=dict)
+    frame_steps: int = 0
+    embeddings_dir: Optional[Path] = None
+
+    @property
+    def network_seconds(self) -> float:
+        """Reading, preprocessing and the network."""
+        return sum(self.timings.get(s, 0.0) for s in NETWORK_STAGES)
+
+    @property
+    def postprocessing_seconds(self) -> float:
+        """Clustering, merging, tracking, resampling, finalising and writing."""
+        from rshn_tf.postprocess import STAGES
+
+        return sum(self.timings.get(s, 0.0) for s in STAGES)
+
+
+def predict(
+    model_dir: str | os.PathLike,
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    overrides: Sequence[str] = (),
+    weights: str = "best",
+    save_embeddings: Optional[str | os.PathLike] = None,
+    progress: Optional[bool] = None,
+    model: Any = None,
+) -> PredictionResult:
+    """``rshn predict``: segment and track one sequence folder with a trained model and write a CTC result folder.
+
+    Args:
+        model_dir: Model folder (``config.yaml`` + weights) written by ``rshn train``.
+        input_dir: Sequence folder of frames ``tNNN.tif`` (e.g. ``DATASET/02``).
+        output_dir: Result folder to write (e.g. ``DATASET/02_RES``): ``maskNNN.tif`` with the input's digit
+            count, ``res_track.txt`` and the resolved ``config.yaml``.
+        overrides: ``section.key=value`` changes on top of the model folder's config (not ``model.*``).
+        weights: ``best``, ``last`` or the path of a ``.weights.h5`` file.
+        save_embeddings: Also write the pair embeddings there (see :class:`EmbeddingWriter`; in tiles mode each
+            pixel comes from the tile in which it lies most centrally, so ``rshn postprocess`` on them reproduces
+            this result only approximately; exactly in full-frame mode).
+        progress: Show a tqdm bar over frames (None: only on a terminal).
+        model: An already loaded network of the folder (skips loading; for benchmarks and tests).
+
+    Returns:
+        A :class:`PredictionResult` with the timings.
+
+    Raises:
+        RshnError: For a missing/empty/inconsistent input folder, a broken model folder, a bad override, or an
+            output folder that cannot be replaced.
+    """
+    from rshn_tf.model_folder import ModelFolder, load_trained_model
+
+    wall = time.perf_counter()
+    config = resolve_predict_config(ModelFolder(model_dir).read_config(), overrides)
+    files = list_frames(input_dir)
+    check_result_target(output_dir)  # fail before the network runs, not after
+    configure_threads(config.inference.threads)
+    if model is None:
+        model, _ = load_trained_model(model_dir, weights)
+    source = FrameSource(files.paths, config.data, files.shape)
+    num_frames = len(source)
+    layout = make_layout(source.shape, config)
+    embedder = PairEmbedder(model, config, layout)
+    processor = PostProcessor(config, files.shape, single_frame=num_frames == 1)
+    writer = EmbeddingWriter(save_embeddings, config) if save_embeddings is not None else None
+    log.info("predict %s: %d frames %dx%d → network grid %dx%d, %s, %d input(s) per frame in batches of %d",
+             input_dir, num_frames, *files.shape, *source.shape,
+             "full frame" if layout.full_frame else f"{layout.num_inputs} tiles", layout.num_inputs, embedder.batch)
+    try:
+        with _progress_bar(num_frames, progress) as bar:
+            for pair in embedder.pairs(source):
+                layout.add_to(processor, pair.first, pair.second)
+                if writer is not None:
+                    writer.write(pair.index, layout.full_pair(pair.first, pair.second))
+                bar.update(processor.num_frames - bar.n)
+            out = processor.finish(output_dir, files.digits)
+        embeddings_dir = writer.commit() if writer is not None else None
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    timings = dict(source.timings)
+    timings.update(embedder.timings)
+    timings.update(processor.timings)
+    timings["total"] = time.perf_counter() - wall
+    result = PredictionResult(out, num_frames, timings, embedder.frame_steps, embeddings_dir)
+    log.info("per frame: network %.3f s (%d frame steps, %.3f s each), reading+preprocessing %.3f s, "
+             "post-processing %.3f s, total %.3f s", timings.get("network", 0.0) / num_frames, embedder.frame_steps,
+             timings.get("network", 0.0) / max(embedder.frame_steps, 1),
+             (timings.get("reading", 0.0) + timings.get("preprocessing", 0.0)) / num_frames,
+             result.postprocessing_seconds / num_frames, timings["total"] / num_frames)
+    return result
+
+
+def _progress_bar(total: int, enabled: Optional[bool]) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc="predict", disable=(None if enabled is None else not enabled),
+                leave=False)
