@@ -77,24 +77,18 @@ def make_config(name: str, data_dir: str, overrides: list[str], deterministic: b
 
 
 def worker_step(config, iterations: int) -> dict:
-    import keras
     import tensorflow as tf
 
     from data_io.pipeline import training_dataset
     from data_io.sampling import TrainingData
-    from rshn_tf.models import build_model
-    from rshn_tf.training import build_optimizer, build_strategy, make_train_step
+    from rshn_tf.training import build_model_and_optimizer, build_strategy, make_train_step
 
     if config.training.deterministic:
         tf.config.experimental.enable_op_determinism()
     data = TrainingData.from_config(config)
     batch = next(iter(training_dataset(data, start=0, num_samples=config.training.batch_size)))
     strategy = build_strategy(config.training)
-    keras.utils.set_random_seed(config.training.seed)
-    with strategy.scope():
-        model = build_model(config.model)
-        optimizer = build_optimizer(config.training)
-        optimizer.build(model.trainable_variables)
+    model, optimizer = build_model_and_optimizer(config, strategy)
     step = make_train_step(model, optimizer, strategy, config)
     tic = time.perf_counter()
     float(step(batch)["total"])

@@ -40,7 +40,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -59,6 +58,7 @@ from ctc_submission.sw_files import (
     WHEELS_DIR,
     launcher_name,
 )
+from ctc_submission.writer import fresh_folder, swap_in
 from rshn_tf.config import Config, apply_overrides, preset_dir, save_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.model_folder import WEIGHTS_FILES, ModelFolder, write_text_atomic
@@ -184,12 +184,12 @@ def package_submission(
     _check_replaceable(sw_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    tmp = _fresh_folder(sw_dir, "tmp")
+    tmp = fresh_folder(sw_dir, "tmp")
     try:
         _build_sw(tmp, sw_dir, folder, weights, config, dataset, wheels)
         _refuse_local_paths(tmp, [folder.root, out_dir, Path(rshn_tf.__file__).resolve().parent.parent, Path.home(),
                                   Path(sys.prefix), Path(sys.base_prefix)])
-        _swap_in(tmp, sw_dir)
+        swap_in(tmp, sw_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -577,29 +577,6 @@ def _check_replaceable(sw_dir: Path) -> None:
     if sw_dir.exists() and (not sw_dir.is_dir() or (any(sw_dir.iterdir()) and not (sw_dir / ENV_SCRIPT).is_file())):
         raise RshnError(f"{sw_dir}: exists and was not written by 'rshn package' (no {ENV_SCRIPT}); refusing to "
                         "replace it; choose another --out folder")
-
-
-def _fresh_folder(target: Path, kind: str) -> Path:
-    """A new hidden folder beside ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        folder = target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Rename the finished ``tmp`` to ``target``, replacing an existing ``target`` folder."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = _fresh_folder(target, "old")
-    os.replace(target, old / target.name)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _refuse_local_paths(sw: Path, paths: Sequence[Path]) -> None:

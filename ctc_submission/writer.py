@@ -35,8 +35,9 @@ def mask_digits(num_frames: int) -> int:
     return 3 if num_frames <= 1000 else 4
 
 
-def _fresh_folder(target: Path, kind: str) -> Path:
+def fresh_folder(target: Path, kind: str) -> Path:
     """Create a new hidden folder beside ``target`` (permissions follow the umask, unlike ``mkdtemp``)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     while True:
         folder = target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
@@ -44,6 +45,17 @@ def _fresh_folder(target: Path, kind: str) -> Path:
             return folder
         except FileExistsError:
             continue
+
+
+def swap_in(tmp: Path, target: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``target``, replacing an existing ``target`` folder."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = fresh_folder(target, "old")
+    os.replace(target, old / target.name)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _looks_like_result(folder: Path) -> bool:
@@ -109,8 +121,7 @@ def write_ctc_result(
             f"the result has too many tracks ({len(tracks)}) for one CTC sequence"
         )
     check_result_target(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_folder(output_dir, "tmp")
+    tmp = fresh_folder(output_dir, "tmp")
     try:
         for t in range(num_frames):
             write_tiff(tmp / f"mask{t:0{digits}d}.tif", labels[t].astype(np.uint16))
@@ -119,13 +130,7 @@ def write_ctc_result(
             from rshn_tf.config import save_config
 
             save_config(config, tmp / "config.yaml")
-        if output_dir.exists():
-            old = _fresh_folder(output_dir, "old")
-            os.replace(output_dir, old / output_dir.name)
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
+        swap_in(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

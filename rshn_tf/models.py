@@ -294,16 +294,38 @@ class RecurrentStackedHourglass(_StackedHourglassModel):
 
 
 class _FeedForwardStack(_StackedHourglassModel):
-    """Stacked hourglasses without states: the SHN (rank 2) and the volumetric SHN (rank 3)."""
+    """Stacked hourglasses without states: the SHN (rank 2) and the volumetric SHN (rank 3).
+
+    Subclasses set ``rank`` and ``default_input_conv`` (whether each hourglass starts with a 1×1 convolution when
+    ``input_conv`` is None).
+    """
 
     rank = 2
+    default_input_conv = True
 
-    def __init__(self, **kwargs: Any) -> None:
-        config_keys = (
-            "stacks", "levels", "filters", "embedding_size", "kernel_size", "activation", "input_conv",
-            "output_kernel_size", "normalization_epsilon", "l2_factor", "input_channels",
+    def __init__(
+        self,
+        *,
+        stacks: int = _DEFAULTS.stacks,
+        levels: int = _DEFAULTS.levels,
+        filters: int = _DEFAULTS.filters,
+        embedding_size: int = _DEFAULTS.embedding_size,
+        kernel_size: int = _DEFAULTS.kernel_size,
+        activation: str = _DEFAULTS.activation,
+        input_conv: Optional[bool] = None,
+        output_kernel_size: int = _DEFAULTS.output_kernel_size,
+        normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
+        l2_factor: float = _DEFAULTS.l2_factor,
+        input_channels: int = IMAGE_CHANNELS,
+        **kwargs: Any,
+    ) -> None:
+        """Create and build the model; see :func:`build_shn` and :func:`build_volumetric_shn` for the arguments."""
+        super().__init__(
+            stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
+            activation=activation, input_conv=self.default_input_conv if input_conv is None else input_conv,
+            output_kernel_size=output_kernel_size, normalization_epsilon=normalization_epsilon, l2_factor=l2_factor,
+            input_channels=input_channels, **kwargs,
         )
-        super().__init__(**{key: kwargs.pop(key) for key in config_keys}, **kwargs)
         hourglass_kwargs = self._hourglass_kwargs()
         hourglass_kwargs.update(parallel="conv", rank=self.rank)
         self.hourglasses = [Hourglass(**hourglass_kwargs, name=f"hourglass_{k}") for k in range(self.stacks)]
@@ -334,30 +356,7 @@ class StackedHourglass(_FeedForwardStack):
     """The non-recurrent stacked hourglass (§5.1): each ConvGRU replaced by one convolution; (B, H, W, C) input."""
 
     rank = 2
-
-    def __init__(
-        self,
-        *,
-        stacks: int = _DEFAULTS.stacks,
-        levels: int = _DEFAULTS.levels,
-        filters: int = _DEFAULTS.filters,
-        embedding_size: int = _DEFAULTS.embedding_size,
-        kernel_size: int = _DEFAULTS.kernel_size,
-        activation: str = _DEFAULTS.activation,
-        input_conv: bool = True,
-        output_kernel_size: int = _DEFAULTS.output_kernel_size,
-        normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
-        l2_factor: float = _DEFAULTS.l2_factor,
-        input_channels: int = IMAGE_CHANNELS,
-        **kwargs: Any,
-    ) -> None:
-        """Create and build the model; see :func:`build_shn` for the arguments."""
-        super().__init__(
-            stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
-            activation=activation, input_conv=input_conv, output_kernel_size=output_kernel_size,
-            normalization_epsilon=normalization_epsilon, l2_factor=l2_factor, input_channels=input_channels,
-            **kwargs,
-        )
+    default_input_conv = True
 
 
 @keras.saving.register_keras_serializable(package="rshn_tf")
@@ -366,30 +365,7 @@ class VolumetricStackedHourglass(_FeedForwardStack):
     upsampling (1, 2, 2) so time is never pooled; a whole window (B, T, H, W, C) in one pass, no states."""
 
     rank = 3
-
-    def __init__(
-        self,
-        *,
-        stacks: int = _DEFAULTS.stacks,
-        levels: int = _DEFAULTS.levels,
-        filters: int = _DEFAULTS.filters,
-        embedding_size: int = _DEFAULTS.embedding_size,
-        kernel_size: int = _DEFAULTS.kernel_size,
-        activation: str = _DEFAULTS.activation,
-        input_conv: bool = False,
-        output_kernel_size: int = _DEFAULTS.output_kernel_size,
-        normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
-        l2_factor: float = _DEFAULTS.l2_factor,
-        input_channels: int = IMAGE_CHANNELS,
-        **kwargs: Any,
-    ) -> None:
-        """Create and build the model; see :func:`build_volumetric_shn` for the arguments."""
-        super().__init__(
-            stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
-            activation=activation, input_conv=input_conv, output_kernel_size=output_kernel_size,
-            normalization_epsilon=normalization_epsilon, l2_factor=l2_factor, input_channels=input_channels,
-            **kwargs,
-        )
+    default_input_conv = False
 
 
 class RecurrentStream:

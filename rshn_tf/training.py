@@ -137,6 +137,16 @@ class NesterovAdam(keras.optimizers.Adam):
         self.assign_sub(variable, ops.divide(ops.multiply(nesterov, alpha), ops.add(ops.sqrt(v), self.epsilon)))
 
 
+def build_model_and_optimizer(config: Config, strategy: tf.distribute.Strategy) -> tuple[keras.Model, Any]:
+    """The network and its built optimizer under ``strategy``, after seeding Keras with ``training.seed`` (§3.1)."""
+    keras.utils.set_random_seed(config.training.seed)
+    with strategy.scope():
+        model = build_model(config.model)
+        optimizer = build_optimizer(config.training)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
 def build_optimizer(training: TrainingConfig) -> keras.optimizers.Optimizer:
     """Adam (§3.1) or the code's Nadam (:class:`NesterovAdam`) with the schedule of ``training``."""
     optimizer_class = {"adam": keras.optimizers.Adam, "nadam": NesterovAdam}[training.optimizer]
@@ -462,11 +472,7 @@ def train(
         folder.root.mkdir(parents=True, exist_ok=True)
         folder.write_config(config)
 
-    keras.utils.set_random_seed(training.seed)
-    with strategy.scope():
-        model = build_model(config.model)
-        optimizer = build_optimizer(training)
-        optimizer.build(model.trainable_variables)
+    model, optimizer = build_model_and_optimizer(config, strategy)
     state = _State.create(training.seed)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state.variables())
     if resume:

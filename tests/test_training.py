@@ -496,19 +496,13 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_the_single_device_step():
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        import keras
         from tests.test_training import small_config, disk_sample
-        from rshn_tf.models import build_model
-        from rshn_tf.training import build_strategy, build_optimizer, make_train_step
+        from rshn_tf.training import build_model_and_optimizer, build_strategy, make_train_step
 
         def one_step(strategy_name):
             config = small_config(strategy=strategy_name, batch_size=2)
             strategy = build_strategy(config.training)
-            keras.utils.set_random_seed(config.training.seed)
-            with strategy.scope():
-                model = build_model(config.model)
-                optimizer = build_optimizer(config.training)
-                optimizer.build(model.trainable_variables)
+            model, optimizer = build_model_and_optimizer(config, strategy)
             samples = [disk_sample(config.training.seed, i, config) for i in range(2)]
             batch = (np.stack([s[0] for s in samples]), {{k: np.stack([s[1][k] for s in samples])
                                                           for k in samples[0][1]}})
