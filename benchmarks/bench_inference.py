@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                         choices=["speed", "baseline", "oracle", "memory", "micro"])
     parser.add_argument("--data", type=Path, help="folder of the CTC datasets (default: the tests' ctc_root)")
     parser.add_argument("--model", type=Path, help="trained DIC-C2DH-HeLa model folder (default: random weights)")
-    parser.add_argument("--frames", type=int, default=0, help="speed: first N frames of DIC 02 (0 = all 115)")
+    parser.add_argument("--frames", type=int, default=0, help="speed: first N frames of DIC 02 (0 = all 84)")
     parser.add_argument("--speed-set", action="append", default=[], help="speed: extra --set override")
     parser.add_argument("--baseline-windows", type=int, default=2)
     parser.add_argument("--memory-frames", type=int, default=0, help="memory: first N frames of N2DL-HeLa 01")
