@@ -375,7 +375,7 @@ def _parameter_rows(config: Config) -> tuple[tuple[str, str], ...]:
         ("network grid (height×width)", size + (f", extra scale {data.extra_scale}" if data.extra_scale != 1 else "")),
         ("architecture", f"{config.model.architecture}, {config.model.stacks}×{config.model.levels} levels, "
                          f"{config.model.filters} filters, embeddings d = {config.model.embedding_size}"),
-        ("tiles", f"{'×'.join(map(str, data.tile_size))}, overlap {config.inference.tile_overlap} px"),
+        ("tiles", f"{'×'.join(map(str, config.inference_tile_size))}, overlap {config.inference.tile_overlap} px"),
         ("frames per window l", str(data.sequence_length)),
         ("clustering", f"{post.clustering}, h = {post.bandwidth}, c = {post.coordinate_factor}, "
                        f"t_size = {post.min_size}"),
@@ -391,10 +391,10 @@ def _estimate(config: Config) -> str:
     paper = (f"the paper reports {t_one:g} s per frame for {one} tile and {t_many:g} s for {many} tiles on an "
              "NVIDIA Titan V GPU (§3.1); CPUs are several times slower")
     if config.data.resampled_size is None:
-        return f"depends on the frame size (tiles of {'×'.join(map(str, config.data.tile_size))}); {paper}"
+        return f"depends on the frame size (tiles of {'×'.join(map(str, config.inference_tile_size))}); {paper}"
     from rshn_tf.tiling import tile_grid
 
-    tiles = len(tile_grid(config.data.resampled_size, config.data.tile_size, config.inference.tile_overlap))
+    tiles = len(tile_grid(config.data.resampled_size, config.inference_tile_size, config.inference.tile_overlap))
     seconds = t_one + (t_many - t_one) * (tiles - one) / (many - one)
     return f"about {seconds:.0f} s per frame on a GPU for {tiles} tile(s) per frame; {paper}"
 

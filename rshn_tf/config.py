@@ -277,6 +277,10 @@ class InferenceConfig:
     """Sliding windows and tiles at test time (§2.4, §2.5, §4.2; notes §5.1–§5.2).
 
     Attributes:
+        tile_size: Size of the inference tiles (height, width), the units of the network (tiles mode) and of the
+            clustering and tile merging (both modes); null = ``data.tile_size``, as in the paper (§2.4, §4.2: 256 ×
+            256 for training and inference). With ``full_frame`` a smaller training crop can keep the paper's
+            clustering tiles, so that large cells are not cut by tile borders.
         tile_overlap: Overlap o of neighbouring tiles in pixels (§4.2: 128).
         full_frame: Compute each window on the whole frame (padded with -1 to a multiple of 2^(levels-1)) and cut
             the tiles for the clustering from its embeddings, instead of running every tile separately (fewer
@@ -289,6 +293,7 @@ class InferenceConfig:
         threads: TensorFlow intra-op threads (0 = all cores available to the process); the inter-op pool is 1.
     """
 
+    tile_size: Optional[list[int]] = None
     tile_overlap: int = 128
     full_frame: bool = False
     batch_tiles: bool = True
@@ -416,6 +421,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as plain nested dicts and lists (YAML-ready)."""
         return dataclasses.asdict(self)
+
+    @property
+    def inference_tile_size(self) -> tuple[int, int]:
+        """The inference tile (height, width): ``inference.tile_size``, or ``data.tile_size`` when that is null."""
+        size = self.inference.tile_size if self.inference.tile_size is not None else self.data.tile_size
+        return int(size[0]), int(size[1])
 
 
 #: Section names in file order.
@@ -751,8 +762,14 @@ def validate(config: Config, source: str = "config") -> None:
          "positive (and training.learning_rate_final too)"),
         (0.0 <= config.training.learning_rate_drop_fraction <= 1.0, "training.learning_rate_drop_fraction",
          "in [0, 1]"),
-        (0 <= config.inference.tile_overlap < min(config.data.tile_size), "inference.tile_overlap",
-         "non-negative and smaller than the tile size"),
+        (config.inference.tile_size is None
+         or (len(config.inference.tile_size) == 2 and min(config.inference.tile_size) > 0
+             and (config.inference.full_frame
+                  or all(s % (2 ** (config.model.levels - 1)) == 0 for s in config.inference.tile_size))),
+         "inference.tile_size", f"null or two positive integers, divisible by 2^(model.levels-1) = "
+                                f"{2 ** (config.model.levels - 1)} unless inference.full_frame"),
+        (0 <= config.inference.tile_overlap < min(config.inference_tile_size), "inference.tile_overlap",
+         "non-negative and smaller than the inference tile size"),
         (config.inference.max_batch_tiles >= 0, "inference.max_batch_tiles", "non-negative (0 = all tiles)"),
         (config.inference.threads >= 0, "inference.threads", "non-negative (0 = all available cores)"),
         (0.0 < config.postprocessing.bandwidth < 2.0, "postprocessing.bandwidth", "in (0, 2) (a cosine distance)"),

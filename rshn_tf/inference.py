@@ -14,8 +14,8 @@ the single pair ⟨0, 0⟩ (the frame with itself; see :class:`~rshn_tf.postproc
 
 Spatial layouts (``inference.full_frame``):
 
-* tiles (paper, default): every network-grid frame is cut into ``data.tile_size`` tiles overlapping by
-  ``inference.tile_overlap`` (§4.2: 256 × 256, 128), padded with -1 (the normalised intensity outside the image)
+* tiles (paper, default): every network-grid frame is cut into inference tiles (``inference.tile_size``, by
+  default ``data.tile_size``) overlapping by ``inference.tile_overlap`` (§4.2: 256 × 256, 128), padded with -1 (the normalised intensity outside the image)
   where a tile reaches past a small image. Each tile keeps its own ConvGRU states, and the post-processing clusters
   each tile's own embeddings (:meth:`~rshn_tf.postprocess.PostProcessor.add_pair_tiles`), as in the paper.
 * full frame: the whole frame, padded with -1 to a multiple of 2^(levels−1), runs as one input; the tiles for the
@@ -202,7 +202,7 @@ class TileLayout:
 
     def __init__(self, shape: Sequence[int], config: Config):
         self.shape = (int(shape[0]), int(shape[1]))
-        self.grid = tile_grid(self.shape, config.data.tile_size, config.inference.tile_overlap)
+        self.grid = tile_grid(self.shape, config.inference_tile_size, config.inference.tile_overlap)
         self.input_shape = self.grid.tile_size
         self._owner: Optional[np.ndarray] = None
 

@@ -60,7 +60,7 @@ class PostProcessor:
         self.original_shape = (int(original_shape[0]), int(original_shape[1]))
         self.shape = network_shape(self.original_shape, config.data)
         self.single_frame = bool(single_frame)
-        self.grid = tile_grid(self.shape, config.data.tile_size, config.inference.tile_overlap)
+        self.grid = tile_grid(self.shape, config.inference_tile_size, config.inference.tile_overlap)
         self.tracker = PairTracker(config.tracking)
         self.timings: dict[str, float] = defaultdict(float)
         self.num_pairs = 0

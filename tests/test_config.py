@@ -37,7 +37,7 @@ def write(tmp_path, name, text):
 def test_defaults_are_the_papers_values():
     c = Config()
     assert (c.model.stacks, c.model.levels, c.model.filters, c.model.embedding_size) == (2, 7, 64, 16)
-    assert c.data.tile_size == [256, 256] and c.inference.tile_overlap == 128
+    assert c.data.tile_size == [256, 256] and c.inference.tile_overlap == 128 and c.inference.tile_size is None
     assert c.data.sequence_length == 8 and c.data.smoothing_sigma == 1.0
     assert c.data.normalization_percentiles == [0.1, 99.9]
     assert c.model.l2_factor == 1e-5
@@ -116,12 +116,27 @@ def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
         ("augmentation:\n  scale_range: [1.5, 0.5]\n",
          r"key 'augmentation\.scale_range' must be two values \[low, high\] with low <= high"),
         ("data:\n  tile_size: [100, 100]\n", r"key 'data\.tile_size' must be divisible by 2\^\(model\.levels-1\) = 64"),
+        ("inference:\n  tile_size: [96, 96]\n",
+         r"key 'inference\.tile_size' must be null or two positive integers, divisible by 2\^\(model\.levels-1\) "
+         r"= 64 unless inference\.full_frame"),
+        ("data:\n  tile_size: [128, 128]\ninference:\n  tile_size: [256, 256]\n  tile_overlap: 128\n", None),
+        ("data:\n  tile_size: [128, 128]\n", r"key 'inference\.tile_overlap' must be non-negative and smaller"),
     ],
 )
 def test_bad_yaml_gets_a_clear_error(tmp_path, text, pattern):
     path = write(tmp_path, "bad.yaml", text)
+    if pattern is None:  # the valid neighbour of a bad case
+        assert load_config(path).inference_tile_size == (256, 256)
+        return
     with pytest.raises(RshnError, match=pattern):
         load_config(path)
+
+
+def test_inference_tiles_default_to_the_training_tiles():
+    config = load_config(None, ["data.tile_size=[128, 64]", "inference.tile_overlap=32"])
+    assert config.inference.tile_size is None and config.inference_tile_size == (128, 64)
+    config = load_config(None, ["data.tile_size=[128, 128]", "inference.tile_size=[256, 192]"])
+    assert config.inference_tile_size == (256, 192)
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,9 @@ def test_profile_layers_over_a_dataset_preset_and_keeps_its_values():
     assert not changed & {"data.resampled_size", "loss.neighbour_radius", "postprocessing.min_size",
                           "data.border_band", "tracking.parent_search_frames"}
     assert cpu.postprocessing.bandwidth == 0.05 and cpu.data.resampled_size == [256, 256]
+    # smaller training crops, but the paper's inference tiles (cells wider than a 64 px overlap survive the merge)
+    assert cpu.data.tile_size == [128, 128] and cpu.inference_tile_size == (256, 256)
+    assert cpu.inference.tile_overlap == 128
     paper = load_experiment_config("DIC-C2DH-HeLa", profile="paper")
     assert changed_keys(plain, paper) == []
     with pytest.raises(RshnError, match="profile 'gpu' not found; bundled profiles: cpu, paper"):

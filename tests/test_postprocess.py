@@ -210,3 +210,23 @@ def test_oracle_embeddings_of_real_data_reach_the_silver_truth(dataset, ctc_data
           f"TRA {scores['TRA']:.4f}, DET {scores['DET']:.4f} ({filled} cells filled into the silver truth)")
     assert scores["TRA"] >= 0.97
     assert scores["SEG"] >= reference - 0.03
+
+
+def test_inference_tiles_larger_than_the_training_crop_keep_a_cell_wider_than_the_overlap(tmp_path):
+    """A cell of radius 22 on the 64 × 96 grid touches an inner border of both 64-wide tiles (overlap 32), so the
+    merge drops it (§2.4); one 64 × 96 inference tile (``inference.tile_size``; full-frame mode, so the tile need not
+    fit the network's pooling) keeps it whole."""
+    video = np.zeros((3,) + cases.SHAPE, np.int32)
+    for t in range(3):
+        cases.paint_disk(video, t, 1, 32, 48, 22)
+    emb = tmp_path / "emb"
+    cases.write_oracle_embeddings(video, emb, window=8, distance=10, noise=0.05, seed=1)
+    counts = {}
+    for name, overrides in {"training tiles": [], "whole-grid tile": ["inference.full_frame=true",
+                                                                            "inference.tile_size=[64, 96]"]}.items():
+        config = load_config(small_config(tmp_path), overrides)
+        run_postprocess(emb, tmp_path / name, config, cases.SHAPE)
+        labels, _ = read_result(tmp_path / name)
+        counts[name] = [(frame == label).sum() for frame in labels for label in np.unique(frame) if label]
+    assert counts["training tiles"] == []
+    assert counts["whole-grid tile"] == [(video[0] == 1).sum()] * 3
