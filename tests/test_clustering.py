@@ -247,22 +247,22 @@ def test_fast_mean_shift_equals_reference_exactly(case):
     np.testing.assert_array_equal(fast_labels, ref_labels)
 
 
-def test_fast_equals_reference_on_a_full_size_tile_of_a_dense_frame():
+def _dense_frame_tile():
     embeddings, _ = oracle_frame_pair((256, 256), 30, noise=0.1, seed=12)  # ~ a Fluo-N2DL-HeLa tile
-    features = tile_features(embeddings, foreground_mask(embeddings, 0.5), 0.005)
-    seeds = choose_seeds(len(features), 128, 12)
-    fast = cosine_mean_shift(features, 0.1, seeds, 300, 1e-3)
-    ref = cosine_mean_shift_reference(features, 0.1, seeds, 300, 1e-3)
-    assert len(features) > 5000 and len(ref[0]) > 5
-    np.testing.assert_array_equal(fast[0], ref[0])
-    np.testing.assert_array_equal(fast[1], ref[1])
+    return embeddings, 12
 
 
-def test_fast_equals_reference_on_a_tile_of_the_benchmark_oracle():
+def _benchmark_oracle_tile():
     # a 256 x 256 tile like those of benchmarks/bench_postprocess.py (1100 x 700 scenario: ~25 cells per tile)
     _, pairs = oracle_video((256, 256), 25, 2, window=8, distance=10, noise=0.05, seed=5)
-    features = tile_features(pairs[0], foreground_mask(pairs[0], 0.5), 0.005)
-    seeds = choose_seeds(len(features), 128, 5)
+    return pairs[0], 5
+
+
+@pytest.mark.parametrize("make_tile", [_dense_frame_tile, _benchmark_oracle_tile], ids=["dense", "bench_oracle"])
+def test_fast_equals_reference_on_a_full_size_tile(make_tile):
+    embeddings, seed = make_tile()
+    features = tile_features(embeddings, foreground_mask(embeddings, 0.5), 0.005)
+    seeds = choose_seeds(len(features), 128, seed)
     fast = cosine_mean_shift(features, 0.1, seeds, 300, 1e-3)
     ref = cosine_mean_shift_reference(features, 0.1, seeds, 300, 1e-3)
     assert len(features) > 5000 and len(ref[0]) > 5
