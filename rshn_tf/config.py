@@ -288,8 +288,9 @@ class InferenceConfig:
             slightly from the paper's tiles).
         batch_tiles: Run the tiles of a frame through the network together, in batches of ``max_batch_tiles``
             (off: one tile per call, the authors' loop). Results equal up to float rounding.
-        max_batch_tiles: Tiles per network call with ``batch_tiles`` (0 = all tiles of a frame). Every tile keeps
-            its ConvGRU states for the whole window anyway; this bounds the activations of one call.
+        max_batch_tiles: Tiles per network call with ``batch_tiles`` (0 = all tiles of a frame). A window runs one
+            batch of tiles through all its frames at a time, so this bounds both the ConvGRU states and the
+            activations alive at once (peak memory in docs/performance.md).
         threads: TensorFlow intra-op threads (0 = all cores available to the process); the inter-op pool is 1.
     """
 
@@ -393,6 +394,10 @@ class ExperimentConfig:
             loss).
         synthetic_frames: ``rshn demo``: frames of each synthetic sequence (not a paper value).
         synthetic_size: ``rshn demo``: frame size (height, width) of the synthetic sequences (not a paper value).
+        synthetic_seg: ``rshn demo``: gold-truth SEG of the synthetic sequences. ``ctc``: like a CTC training set,
+            a few frames annotated, some of them only partially (``data_io.synthetic.SyntheticParams``); the other
+            windows train on TRA markers alone (§3.1). ``complete``: every frame completely annotated, so every
+            training window has full masks and the background term (a synthetic video's truth is complete).
     """
 
     mode: Literal["two_fold", "train_all", "holdout"] = "two_fold"
@@ -402,6 +407,7 @@ class ExperimentConfig:
     weights: Literal["last", "best"] = "last"
     synthetic_frames: int = 40
     synthetic_size: list[int] = field(default_factory=lambda: [256, 256])
+    synthetic_seg: Literal["ctc", "complete"] = "ctc"
 
 
 @dataclass

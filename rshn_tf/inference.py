@@ -25,7 +25,9 @@ Spatial layouts (``inference.full_frame``):
 Batching (``inference.batch_tiles``, ``inference.max_batch_tiles``): the tiles of a frame go through one
 ``tf.function`` call per batch of up to ``max_batch_tiles`` tiles (the traced function has a free batch axis, so a
 smaller last batch does not retrace). Results equal the per-tile loop up to float rounding of the convolution
-library.
+library. A window runs batch by batch (tile-major, like the authors' loop, notes §5.1): one batch runs all frames of
+the window before the next batch starts, so only one batch's ConvGRU states are alive; the memory of a window is
+the used embeddings of all tiles plus one batch's states and activations, whatever the number of tiles.
 
 Architectures: the RSHN runs frame by frame with explicit states (:meth:`RecurrentStackedHourglass.step`; frames
 whose embeddings a window does not use only advance the states, :meth:`RecurrentStackedHourglass.advance`); the SHN
@@ -377,34 +379,43 @@ class PairEmbedder:
         return self.layout.inputs(source[t])
 
     def _window_rshn(self, source: FrameSource, window: Window) -> Iterator[tuple[np.ndarray, np.ndarray, tuple]]:
-        """Run a window frame by frame; every input keeps its own states, reset at the window start (§2.5)."""
+        """Run a window tile by tile, as the authors' code does (notes §1.5, §5.1).
+
+        Each batch of inputs runs all frames of the window from zero states (§2.5) before the next batch starts, so
+        only one batch's ConvGRU states exist at a time; the embeddings of the frames the window's pairs use are
+        kept for all inputs, and each pair is yielded as soon as the last batch has run its second frame (with one
+        batch, e.g. the full frame, pairs stream out as before). Frames whose embeddings are not used only advance
+        the states.
+        """
         import tensorflow as tf
 
-        chunks = _chunks(self.layout.num_inputs, self.batch)
-        states = [self._zero_states(c.stop - c.start) for c in chunks]
+        needed = window.needed
+        frames = list(window.frames)
+        inputs = {t: self._inputs(source, t) for t in frames}
         kept: dict[int, np.ndarray] = {}
+        chunks = _chunks(self.layout.num_inputs, self.batch)
         pending = list(window.pairs)
-        for t in window.frames:
-            inputs = self._inputs(source, t)
-            start = time.perf_counter()
-            needed = t in window.needed
-            for k, chunk in enumerate(chunks):
-                if needed or self._advance is None:
-                    embeddings, states[k] = self._function(tf.constant(inputs[chunk]), states[k])
-                    if needed:
-                        embeddings = embeddings.numpy()
+        for k, chunk in enumerate(chunks):
+            states = self._zero_states(chunk.stop - chunk.start)
+            for t in frames:
+                start = time.perf_counter()
+                batch = tf.constant(inputs[t][chunk])
+                if t in needed or self._advance is None:
+                    embeddings, states = self._function(batch, states)
+                    if t in needed:
                         if t not in kept:
-                            kept[t] = np.empty((len(inputs),) + embeddings.shape[1:], np.float32)
-                        kept[t][chunk] = embeddings
-                else:  # only the states are needed from this frame
-                    states[k] = self._advance(tf.constant(inputs[chunk]), states[k])
-            self.timings["network"] += time.perf_counter() - start
-            self.frame_steps += 1
-            while pending and pending[0][1] <= t:
-                a, b = pending.pop(0)
-                yield kept[a], kept[b], (a, b)
-                for old in [u for u in kept if all(u < p[0] for p in pending)]:
-                    del kept[old]
+                            kept[t] = np.empty((self.layout.num_inputs,) + tuple(embeddings.shape[1:]), np.float32)
+                        kept[t][chunk] = embeddings.numpy()
+                else:
+                    states = self._advance(batch, states)
+                self.timings["network"] += time.perf_counter() - start
+                if k == len(chunks) - 1:  # the last batch completes the frames in order: hand out finished pairs
+                    while pending and pending[0][1] <= t:
+                        a, b = pending.pop(0)
+                        yield kept[a], kept[b], (a, b)
+                        if all(a not in pair for pair in pending):
+                            del kept[a]
+        self.frame_steps += len(frames)
 
     def _zero_states(self, batch: int) -> Any:
         if batch not in self._zeros:

@@ -150,6 +150,40 @@ def test_each_pair_comes_from_its_window_with_states_reset(frames):
     assert embedder.tracing_count == 1
 
 
+class RecordingModel(CountingModel):
+    """A CountingModel that records, in call order, the batch size and frame value of every network call."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, float]] = []
+
+    def step(self, frames, states):
+        def record(batch, value):
+            self.calls.append((int(batch), float(value)))
+            return np.float32(0.0)
+
+        marker = tf.numpy_function(record, [tf.shape(frames)[0], frames[0, 0, 0, 0]], tf.float32)
+        return super().step(frames + marker, states)
+
+
+def test_windows_run_tile_by_tile():
+    """Notes §5.1: one batch of tiles runs all frames of a window before the next batch starts (so only one
+    batch's states are alive), and the pairs of the first window still come out in order."""
+    config = tiny_config(max_batch_tiles=3)
+    frames = 6
+    values = np.arange(frames, dtype=np.float32)
+    layout = TileLayout((96, 160), config)
+    model = RecordingModel()
+    embedder = PairEmbedder(model, config, layout)
+    got = collect(embedder, ArraySource(np.broadcast_to(values[:, None, None], (frames, 96, 160))))
+    assert [g[1] for g in got] == [(t, t + 1) for t in range(frames - 1)]
+    assert len(layout.grid) == 8
+    batches = [3, 3, 2]
+    expected = [(b, float(t)) for b in batches for t in range(LENGTH)]  # first window: frames 0 … l-1
+    for start in range(1, frames - LENGTH + 1):
+        expected += [(b, float(t)) for b in batches for t in range(start, start + LENGTH)]
+    assert model.calls == expected
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Real (tiny) networks against their whole-sequence call
 
