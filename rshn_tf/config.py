@@ -394,10 +394,6 @@ class ExperimentConfig:
             loss).
         synthetic_frames: ``rshn demo``: frames of each synthetic sequence (not a paper value).
         synthetic_size: ``rshn demo``: frame size (height, width) of the synthetic sequences (not a paper value).
-        synthetic_seg: ``rshn demo``: gold-truth SEG of the synthetic sequences. ``ctc``: like a CTC training set,
-            a few frames annotated, some of them only partially (``data_io.synthetic.SyntheticParams``); the other
-            windows train on TRA markers alone (§3.1). ``complete``: every frame completely annotated, so every
-            training window has full masks and the background term (a synthetic video's truth is complete).
     """
 
     mode: Literal["two_fold", "train_all", "holdout"] = "two_fold"
@@ -407,7 +403,6 @@ class ExperimentConfig:
     weights: Literal["last", "best"] = "last"
     synthetic_frames: int = 40
     synthetic_size: list[int] = field(default_factory=lambda: [256, 256])
-    synthetic_seg: Literal["ctc", "complete"] = "ctc"
 
 
 @dataclass
