@@ -338,7 +338,6 @@ class PairEmbedder:
             advance = getattr(model, "advance", None)
             self._advance = (tf.function(advance, input_signature=[frame_spec, state_specs]) if advance is not None
                              else None)
-            self._zeros: dict[int, Any] = {}
         elif isinstance(model, VolumetricStackedHourglass):
             self.kind = "volumetric"
             self._function = tf.function(
@@ -396,7 +395,8 @@ class PairEmbedder:
         chunks = _chunks(self.layout.num_inputs, self.batch)
         pending = list(window.pairs)
         for k, chunk in enumerate(chunks):
-            states = self._zero_states(chunk.stop - chunk.start)
+            # fresh zeros per window, not cached: they are as big as the states (0.55 GB for a whole 1100 x 700 frame)
+            states = self.model.zero_states(chunk.stop - chunk.start, *self.layout.input_shape)
             for t in frames:
                 start = time.perf_counter()
                 batch = tf.constant(inputs[t][chunk])
@@ -416,11 +416,6 @@ class PairEmbedder:
                         if all(a not in pair for pair in pending):
                             del kept[a]
         self.frame_steps += len(frames)
-
-    def _zero_states(self, batch: int) -> Any:
-        if batch not in self._zeros:
-            self._zeros[batch] = self.model.zero_states(batch, *self.layout.input_shape)
-        return self._zeros[batch]
 
     def _window_volumetric(self, source: FrameSource, window: Window) -> Iterator[tuple[np.ndarray, np.ndarray,
                                                                                          tuple]]:
