@@ -22,7 +22,8 @@ Spatial layouts (``inference.full_frame``):
   clustering are cut from its embeddings (:meth:`~rshn_tf.postprocess.PostProcessor.add_pair`). Fewer pixels run
   through the network (no overlap) but every pixel sees the whole frame as context, so results differ slightly.
 
-Batching (``inference.batch_tiles``, ``inference.max_batch_tiles``): the tiles of a frame go through one
+Batching (``inference.batch_tiles``, ``inference.max_batch_tiles``, default 1 tile per call as in the authors'
+loop): the tiles of a frame go through one
 ``tf.function`` call per batch of up to ``max_batch_tiles`` tiles (the traced function has a free batch axis, so a
 smaller last batch does not retrace). Results equal the per-tile loop up to float rounding of the convolution
 library. A window runs batch by batch (tile-major, like the authors' loop, notes §5.1): one batch runs all frames of
