@@ -20,8 +20,10 @@ TensorFlow's thread settings apply from the start):
 * ``memory``: ``rshn predict`` on Fluo-N2DL-HeLa 01 (700 × 1100, 40 tiles) with the paper network and random
   weights whose output bias makes every pixel background (so this is the memory of reading, the network, the
   tracker's label stack and writing; the clustering of ~500 real cells per frame is measured by the ``oracle``
-  section with ``--oracle-dataset Fluo-N2DL-HeLa``), by default at full length in full-frame mode;
-  ``--memory-set`` adds ``--set`` overrides and ``--memory-frames`` limits the frames (both are printed).
+  section with ``--oracle-dataset Fluo-N2DL-HeLa``), by default at full length with the preset's settings (the
+  paper's tiles); ``--memory-set`` adds ``--set`` overrides and ``--memory-frames`` limits the frames (both are
+  printed). Besides the peak, it prints the highest resident memory in each tenth of the run, which shows whether
+  memory grows with the video.
 * ``micro``: one RSHN step of the paper network on 256 × 256 tiles: seconds per tile-frame at batch 1, 8 and 40 and
   for several (intra, inter) thread settings; this is what decides tile batching, batching the l windows of a
   frame, and the default thread settings.
@@ -32,7 +34,7 @@ Usage (from the repository root)::
 
     python benchmarks/bench_inference.py                                  # all sections
     python benchmarks/bench_inference.py --sections speed baseline --frames 30
-    python benchmarks/bench_inference.py --sections memory --memory-frames 12 --memory-set inference.full_frame=false
+    python benchmarks/bench_inference.py --sections memory --memory-frames 12 --memory-set inference.full_frame=true
 """
 
 from __future__ import annotations
@@ -107,10 +109,52 @@ def frames_folder(sequence: Path, frames: int, tmp: Path) -> Path:
 # Workers (run in subprocesses)
 
 
+class RssSampler:
+    """Samples the resident memory of this process every ``interval`` seconds in a daemon thread.
+
+    ``log``: also append ``seconds resident_MB`` lines to this file as they are taken (to follow a long run).
+    """
+
+    def __init__(self, interval: float = 0.5, log: str | None = None):
+        import threading
+
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._interval = interval
+        self._log = log
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        began = time.perf_counter()
+        while not self._stop.wait(self._interval):
+            with open("/proc/self/statm") as statm:
+                self.samples.append(int(statm.read().split()[1]) * page / 2**20)
+            if self._log:
+                with open(self._log, "a") as log:
+                    log.write(f"{time.perf_counter() - began:.1f} {self.samples[-1]:.0f}\n")
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def tenths(self) -> list[float]:
+        """The highest resident memory (MB) in each tenth of the sampled time (empty without samples)."""
+        n = len(self.samples)
+        if n < 10:
+            return []
+        return [max(self.samples[i * n // 10:(i + 1) * n // 10]) for i in range(10)]
+
+
 def worker_predict(args: argparse.Namespace) -> dict:
     from rshn_tf.inference import predict
 
-    result = predict(args.model, args.input, args.output, overrides=args.set, progress=False)
+    with RssSampler(log=args.rss_log) as sampler:
+        result = predict(args.model, args.input, args.output, overrides=args.set, progress=False)
     wall = time.perf_counter() - START
     t = result.timings
     frames = result.num_frames
@@ -120,7 +164,8 @@ def worker_predict(args: argparse.Namespace) -> dict:
                 network_total_s=t.get("network", 0),
                 postprocessing_s=result.postprocessing_seconds / frames,
                 stages={k: v / frames for k, v in t.items()},
-                predict_s=t["total"] / frames, process_s=wall / frames, peak_mb=peak_mb(), load=load())
+                predict_s=t["total"] / frames, process_s=wall / frames, peak_mb=peak_mb(), load=load(),
+                rss_tenths_mb=sampler.tenths())
 
 
 def worker_baseline(args: argparse.Namespace) -> dict:
@@ -247,8 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed-set", action="append", default=[], help="speed: extra --set override")
     parser.add_argument("--baseline-windows", type=int, default=2)
     parser.add_argument("--memory-frames", type=int, default=0, help="memory: first N frames of N2DL-HeLa 01")
-    parser.add_argument("--memory-set", action="append", default=None,
-                        help="memory: --set overrides (default: inference.full_frame=true)")
+    parser.add_argument("--memory-set", action="append", default=[],
+                        help="memory: --set override (repeatable; default: none, the preset's tiles)")
+    parser.add_argument("--rss-log", help="memory: append 'seconds resident_MB' samples to this file during the run")
     parser.add_argument("--oracle-dataset", default="DIC-C2DH-HeLa", choices=sorted(ORACLE_SEQUENCES),
                         help="oracle: dataset (frames: --frames for DIC, --memory-frames for Fluo-N2DL-HeLa)")
     parser.add_argument("--micro-repeats", type=int, default=3)
@@ -317,14 +363,15 @@ def main(argv: list[str] | None = None) -> None:
         if "memory" in args.sections:
             model = tmp / "hela_model"
             make_model("Fluo-N2DL-HeLa", model, background=True)
-            sets = args.memory_set if args.memory_set is not None else ["inference.full_frame=true"]
+            sets = args.memory_set
             seq = frames_folder(data / "Fluo-N2DL-HeLa" / "01", args.memory_frames, tmp)
             r = run("predict", "--model", str(model), "--input", str(seq), "--output", str(tmp / "hela_RES"),
-                    *[x for s in sets for x in ("--set", s)])
+                    *[x for s in sets for x in ("--set", s)], *(["--rss-log", args.rss_log] if args.rss_log else []))
             results["memory"] = dict(r, sets=sets)
             print_predict(f"memory: rshn predict Fluo-N2DL-HeLa 01, paper network (random weights, all background), --set "
                           f"{' '.join(sets) or '(none)'}", r)
-            print(f"  peak memory {r['peak_mb']:.0f} MB (target < 4096 MB)")
+            print(f"  peak memory {r['peak_mb']:.0f} MB (target < 4096 MB); highest resident memory in each tenth of "
+                  f"the run: {' '.join(f'{v:.0f}' for v in r['rss_tenths_mb'])} MB")
         if "micro" in args.sections:
             results["micro"] = []
             print("micro: one paper-network RSHN step on 256 x 256 tiles")
