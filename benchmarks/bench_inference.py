@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
             sets = args.memory_set
             seq = frames_folder(data / "Fluo-N2DL-HeLa" / "01", args.memory_frames, tmp)
             r = run("predict", "--model", str(model), "--input", str(seq), "--output", str(tmp / "hela_RES"),
-                    *[x for s in sets for x in ("--set", s)], *(["--rss-log", args.rss_log] if args.rss_log else []))
+                    *[x for s in sets for x in ("--set", s)],
+                    *(["--rss-log", args.rss_log] if args.rss_log else []))
             results["memory"] = dict(r, sets=sets)
             print_predict(f"memory: rshn predict Fluo-N2DL-HeLa 01, paper network (random weights, all background), --set "
                           f"{' '.join(sets) or '(none)'}", r)

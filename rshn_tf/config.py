@@ -289,11 +289,11 @@ class InferenceConfig:
         batch_tiles: Run the tiles of a frame through the network together, in batches of ``max_batch_tiles``
             (off: one tile per call, the same as ``max_batch_tiles: 1``).
         max_batch_tiles: Tiles per network call with ``batch_tiles`` (1 = one tile at a time, the authors' loop;
-            0 = all tiles of a frame). A window runs one batch of tiles through all its frames before the next batch, so this bounds
-            the ConvGRU states and activations alive at once; results are equal up to float rounding. Default 1:
-            on 2 CPU cores batches of 8 save ~9 % of the network time but need ~0.2 GB more per extra tile
-            (Fluo-N2DL-HeLa, 40 tiles: 2.8 GB peak with 1, 3.4 GB with 4; docs/performance.md). Larger batches
-            pay off on a GPU.
+            0 = all tiles of a frame). A window runs one batch of tiles through all its frames before the next
+            batch, so this bounds the ConvGRU states and activations alive at once; results are equal up to float
+            rounding. Default 1: on 2 CPU cores batches of 8 save ~9 % of the network time but need ~0.2 GB more
+            per extra tile (Fluo-N2DL-HeLa, 40 tiles: 2.8 GB peak with 1, 3.4 GB with 4; docs/performance.md).
+            Larger batches pay off on a GPU.
         threads: TensorFlow intra-op threads (0 = all cores available to the process); the inter-op pool is 1.
     """
 

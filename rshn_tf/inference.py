@@ -22,13 +22,13 @@ Spatial layouts (``inference.full_frame``):
   clustering are cut from its embeddings (:meth:`~rshn_tf.postprocess.PostProcessor.add_pair`). Fewer pixels run
   through the network (no overlap) but every pixel sees the whole frame as context, so results differ slightly.
 
-Batching (``inference.batch_tiles``, ``inference.max_batch_tiles``, default 1 tile per call as in the authors'
-loop): the tiles of a frame go through one
-``tf.function`` call per batch of up to ``max_batch_tiles`` tiles (the traced function has a free batch axis, so a
-smaller last batch does not retrace). Results equal the per-tile loop up to float rounding of the convolution
-library. A window runs batch by batch (tile-major, like the authors' loop, notes §5.1): one batch runs all frames of
-the window before the next batch starts, so only one batch's ConvGRU states are alive; the memory of a window is
-the used embeddings of all tiles plus one batch's states and activations, whatever the number of tiles.
+Batching (``inference.batch_tiles``, ``inference.max_batch_tiles``, default one tile per call as in the authors'
+loop): the tiles of a frame go through one ``tf.function`` call per batch of up to ``max_batch_tiles`` tiles (the
+traced function has a free batch axis, so a smaller last batch does not retrace). Results equal the per-tile loop
+up to float rounding of the convolution library. A window runs batch by batch (tile-major, like the authors' loop,
+notes §5.1): one batch runs all frames of the window before the next batch starts, so only one batch's ConvGRU
+states are alive; the memory of a window is the used embeddings of all tiles plus one batch's states and
+activations, whatever the number of tiles.
 
 Architectures: the RSHN runs frame by frame with explicit states (:meth:`RecurrentStackedHourglass.step`; frames
 whose embeddings a window does not use only advance the states, :meth:`RecurrentStackedHourglass.advance`); the SHN
