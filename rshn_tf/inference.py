@@ -396,7 +396,7 @@ class PairEmbedder:
         chunks = _chunks(self.layout.num_inputs, self.batch)
         pending = list(window.pairs)
         for k, chunk in enumerate(chunks):
-            # fresh zeros per window, not cached: they are as big as the states (0.55 GB for a whole 1100 x 700 frame)
+            # fresh zeros per window, not cached: they are as big as the states (~0.6 GB for a whole 1100 x 700 frame)
             states = self.model.zero_states(chunk.stop - chunk.start, *self.layout.input_shape)
             for t in frames:
                 start = time.perf_counter()
