@@ -295,6 +295,14 @@ class InferenceConfig:
             per extra tile (Fluo-N2DL-HeLa, 40 tiles: 2.8 GB peak with 1, 3.4 GB with 4; docs/performance.md).
             Larger batches pay off on a GPU.
         threads: TensorFlow intra-op threads (0 = all cores available to the process); the inter-op pool is 1.
+        encoded_steps: RSHN: compute the input and state halves of the ConvGRU convolutions separately
+            (:class:`rshn_tf.inference.EncodedRecurrence`): the first frame of every window, whose states are zero
+            (§2.5), skips all state convolutions, and hourglass 0's state-independent part of a frame can be reused
+            by the overlapping windows (``encoding_cache_mb``). Same results up to float rounding; false runs the
+            plain step (the training graph).
+        encoding_cache_mb: With ``encoded_steps``: memory (MB) allowed for reusing hourglass 0's encodings across
+            windows; used when the encodings of l frames of all inputs fit (paper network: 67 MB per 256 × 256
+            input, so DIC-C2DH-HeLa's one tile needs 0.5 GB, Fluo-N2DL-HeLa's 40 tiles 21 GB); 0 = never reuse.
     """
 
     tile_size: Optional[list[int]] = None
@@ -303,6 +311,8 @@ class InferenceConfig:
     batch_tiles: bool = True
     threads: int = 0
     max_batch_tiles: int = 1
+    encoded_steps: bool = True
+    encoding_cache_mb: int = 1024
 
 
 @dataclass
@@ -775,6 +785,7 @@ def validate(config: Config, source: str = "config") -> None:
         (0 <= config.inference.tile_overlap < min(config.inference_tile_size), "inference.tile_overlap",
          "non-negative and smaller than the inference tile size"),
         (config.inference.max_batch_tiles >= 0, "inference.max_batch_tiles", "non-negative (0 = all tiles)"),
+        (config.inference.encoding_cache_mb >= 0, "inference.encoding_cache_mb", "non-negative (0 = no reuse)"),
         (config.inference.threads >= 0, "inference.threads", "non-negative (0 = all available cores)"),
         (0.0 < config.postprocessing.bandwidth < 2.0, "postprocessing.bandwidth", "in (0, 2) (a cosine distance)"),
         (0.0 < config.postprocessing.background_threshold < 1.0, "postprocessing.background_threshold", "in (0, 1)"),

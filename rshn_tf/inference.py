@@ -325,20 +325,13 @@ class PairEmbedder:
         self.timings: dict[str, float] = defaultdict(float)
         self.frame_steps = 0
         height, width = layout.input_shape
-        frame_spec = tf.TensorSpec((None, height, width, 1), tf.float32)
+        frame_spec = _frame_spec(layout)
         if hasattr(model, "step") and hasattr(model, "zero_states"):  # the RSHN streaming API
             self.kind = "rshn"
-            state_specs = [[tf.TensorSpec((None, height // 2**level, width // 2**level, model.filters), tf.float32)
-                            for level in range(model.levels)] for _ in range(model.stacks)]
-
-            def step(frames: Any, states: Any) -> tuple[Any, Any]:
-                outputs, new_states = model.step(frames, states)
-                return model.normalized_embeddings(outputs), new_states
-
-            self._function = tf.function(step, input_signature=[frame_spec, state_specs])
-            advance = getattr(model, "advance", None)
-            self._advance = (tf.function(advance, input_signature=[frame_spec, state_specs]) if advance is not None
-                             else None)
+            if config.inference.encoded_steps and hasattr(model, "encode"):
+                self._recurrence = EncodedRecurrence(model, layout, config)
+            else:
+                self._recurrence = PlainRecurrence(model, layout)
         elif isinstance(model, VolumetricStackedHourglass):
             self.kind = "volumetric"
             self._function = tf.function(
@@ -355,8 +348,13 @@ class PairEmbedder:
     @property
     def tracing_count(self) -> int:
         """How often each network function was traced at most (1 once used; more would mean retracing)."""
-        functions = [self._function] + ([self._advance] if getattr(self, "_advance", None) is not None else [])
+        functions = self._recurrence.functions if self.kind == "rshn" else [self._function]
         return max(f.experimental_get_tracing_count() for f in functions)
+
+    @property
+    def encodings(self) -> int:
+        """RSHN with ``inference.encoded_steps``: inputs whose hourglass-0 encoding was computed (not reused)."""
+        return getattr(self._recurrence, "encodings", 0) if self.kind == "rshn" else 0
 
     def pairs(self, source: FrameSource) -> Iterator[PairEmbeddings]:
         """Yield the embeddings of pairs ⟨0, 1⟩ … ⟨T−2, T−1⟩ (⟨0, 0⟩ for T = 1) of ``source`` in order."""
@@ -395,20 +393,16 @@ class PairEmbedder:
         kept: dict[int, np.ndarray] = {}
         chunks = _chunks(self.layout.num_inputs, self.batch)
         pending = list(window.pairs)
+        recurrence = self._recurrence
         for k, chunk in enumerate(chunks):
-            # fresh zeros per window, not cached: they are as big as the states (~0.6 GB for a whole 1100 x 700 frame)
-            states = self.model.zero_states(chunk.stop - chunk.start, *self.layout.input_shape)
+            states = recurrence.start(chunk.stop - chunk.start)
             for t in frames:
                 start = time.perf_counter()
-                batch = tf.constant(inputs[t][chunk])
-                if t in needed or self._advance is None:
-                    embeddings, states = self._function(batch, states)
-                    if t in needed:
-                        if t not in kept:
-                            kept[t] = np.empty((self.layout.num_inputs,) + tuple(embeddings.shape[1:]), np.float32)
-                        kept[t][chunk] = embeddings.numpy()
-                else:
-                    states = self._advance(batch, states)
+                embeddings, states = recurrence(tf.constant(inputs[t][chunk]), (t, k), states, t in needed)
+                if embeddings is not None:
+                    if t not in kept:
+                        kept[t] = np.empty((self.layout.num_inputs,) + tuple(embeddings.shape[1:]), np.float32)
+                    kept[t][chunk] = embeddings.numpy()
                 self.timings["network"] += time.perf_counter() - start
                 if k == len(chunks) - 1:  # the last batch completes the frames in order: hand out finished pairs
                     while pending and pending[0][1] <= t:
@@ -416,6 +410,7 @@ class PairEmbedder:
                         yield kept[a], kept[b], (a, b)
                         if all(a not in pair for pair in pending):
                             del kept[a]
+        recurrence.forget_before(window.start + 1)  # the next window starts one frame later
         self.frame_steps += len(frames)
 
     def _window_volumetric(self, source: FrameSource, window: Window) -> Iterator[tuple[np.ndarray, np.ndarray,
@@ -460,6 +455,150 @@ class PairEmbedder:
                 index += 1
                 for old in [u for u in cache if u < b]:
                     del cache[old]
+
+
+class PlainRecurrence:
+    """RSHN frame steps with :meth:`~rshn_tf.models.RecurrentStackedHourglass.step` (the training graph): every
+    window starts from explicit zero states; frames whose embeddings are not used only ``advance`` the states.
+
+    Args:
+        model: An object with the RSHN streaming API (``zero_states``, ``step``, ``normalized_embeddings``,
+            ``stacks``, ``levels``, ``filters``; ``advance`` optional).
+        layout: The spatial layout (its ``input_shape`` fixes the traced shapes).
+    """
+
+    def __init__(self, model: Any, layout: TileLayout | FullFrameLayout):
+        import tensorflow as tf
+
+        self.model = model
+        self.input_shape = layout.input_shape
+        frame_spec, state_specs = _frame_spec(layout), _state_specs(model, layout)
+
+        def step(frames: Any, states: Any) -> tuple[Any, Any]:
+            outputs, new_states = model.step(frames, states)
+            return model.normalized_embeddings(outputs), new_states
+
+        self._step = tf.function(step, input_signature=[frame_spec, state_specs])
+        advance = getattr(model, "advance", None)
+        self._advance = tf.function(advance, input_signature=[frame_spec, state_specs]) if advance else None
+
+    @property
+    def functions(self) -> list[Any]:
+        """The traced functions (for tracing counts)."""
+        return [self._step] + ([self._advance] if self._advance is not None else [])
+
+    def start(self, batch: int) -> Any:
+        """States at the start of a window: zeros, made fresh (they are as big as the states: ~0.6 GB for a whole
+        1100 × 700 frame, so they are not cached)."""
+        return self.model.zero_states(batch, *self.input_shape)
+
+    def __call__(self, frames: Any, key: tuple[int, int], states: Any, needed: bool) -> tuple[Any, Any]:
+        """One frame step: ``(normalised embeddings or None when not needed, new states)``."""
+        if needed or self._advance is None:
+            embeddings, states = self._step(frames, states)
+            return (embeddings if needed else None), states
+        return None, self._advance(frames, states)
+
+    def forget_before(self, t: int) -> None:
+        """Nothing is kept between windows."""
+
+
+class EncodedRecurrence:
+    """RSHN frame steps split into :meth:`~rshn_tf.models.RecurrentStackedHourglass.encode` and
+    :meth:`~rshn_tf.models.RecurrentStackedHourglass.step_encoded` (``inference.encoded_steps``).
+
+    Two savings, same results up to float rounding (docs/performance.md):
+
+    * The first frame of every window starts from zero states (§2.5), so all state convolutions of both
+      hourglasses are skipped for it (``states`` is None).
+    * Hourglass 0's encoding of a frame (contracting path and the input half of its ConvGRU convolutions) does not
+      depend on the states, and every frame is in l overlapping windows: when the encodings of l frames of all
+      inputs fit into ``inference.encoding_cache_mb``, each is computed once and reused by the next windows (e.g.
+      DIC-C2DH-HeLa: one 256 × 256 tile, 8 × 67 MB for the paper network).
+
+    Args:
+        model: A :class:`~rshn_tf.models.RecurrentStackedHourglass`.
+        layout: The spatial layout.
+        config: Reads ``data.sequence_length`` and ``inference.encoding_cache_mb``.
+    """
+
+    def __init__(self, model: Any, layout: TileLayout | FullFrameLayout, config: Config):
+        import tensorflow as tf
+
+        self.model = model
+        frame_spec, state_specs = _frame_spec(layout), _state_specs(model, layout)
+        encoded_specs = [(spec,) * 3 for spec in state_specs[0]]
+        normalized = model.normalized_embeddings
+
+        def first_step(frames: Any, encoded: Any) -> tuple[Any, Any]:
+            outputs, new_states = model.step_encoded(frames, encoded, None)
+            return normalized(outputs), new_states
+
+        def next_step(frames: Any, encoded: Any, states: Any) -> tuple[Any, Any]:
+            outputs, new_states = model.step_encoded(frames, encoded, states)
+            return normalized(outputs), new_states
+
+        self._encode = tf.function(model.encode, input_signature=[frame_spec])
+        self._steps = {
+            (True, True): tf.function(first_step, input_signature=[frame_spec, encoded_specs]),
+            (True, False): tf.function(next_step, input_signature=[frame_spec, encoded_specs, state_specs]),
+            (False, True): tf.function(lambda frames, encoded: model.advance_encoded(frames, encoded, None),
+                                       input_signature=[frame_spec, encoded_specs]),
+            (False, False): tf.function(model.advance_encoded,
+                                        input_signature=[frame_spec, encoded_specs, state_specs]),
+        }
+        height, width = layout.input_shape
+        per_input = 3 * model.filters * 4 * sum((height >> level) * (width >> level) for level in range(model.levels))
+        #: Bytes the encodings of one window (l frames of all inputs) take; reused across windows when they fit.
+        self.cache_bytes = layout.num_inputs * config.data.sequence_length * per_input
+        self.reuse = self.cache_bytes <= config.inference.encoding_cache_mb * 2**20
+        self.encodings = 0
+        self._cache: dict[tuple[int, int], Any] = {}
+        log.info("hourglass-0 encodings %s across windows (%.0f MB for %d inputs x %d frames; "
+                 "inference.encoding_cache_mb %d)", "reused" if self.reuse else "not reused", self.cache_bytes / 2**20,
+                 layout.num_inputs, config.data.sequence_length, config.inference.encoding_cache_mb)
+
+    @property
+    def functions(self) -> list[Any]:
+        """The traced functions (for tracing counts)."""
+        return [self._encode] + list(self._steps.values())
+
+    def start(self, batch: int) -> None:
+        """States at the start of a window: None stands for zeros (no state convolutions run)."""
+        return None
+
+    def __call__(self, frames: Any, key: tuple[int, int], states: Any, needed: bool) -> tuple[Any, Any]:
+        """One frame step of input batch ``key`` = (frame, batch index): ``(embeddings or None, new states)``."""
+        encoded = self._cache.get(key)
+        if encoded is None:
+            encoded = self._encode(frames)
+            self.encodings += int(frames.shape[0])
+            if self.reuse:
+                self._cache[key] = encoded
+        step = self._steps[(needed, states is None)]
+        args = (frames, encoded) if states is None else (frames, encoded, states)
+        if needed:
+            return step(*args)
+        return None, step(*args)
+
+    def forget_before(self, t: int) -> None:
+        """Drop the encodings of frames before t (no later window contains them)."""
+        for key in [key for key in self._cache if key[0] < t]:
+            del self._cache[key]
+
+
+def _frame_spec(layout: TileLayout | FullFrameLayout) -> Any:
+    import tensorflow as tf
+
+    return tf.TensorSpec((None,) + tuple(layout.input_shape) + (1,), tf.float32)
+
+
+def _state_specs(model: Any, layout: TileLayout | FullFrameLayout) -> list[list[Any]]:
+    import tensorflow as tf
+
+    height, width = layout.input_shape
+    return [[tf.TensorSpec((None, height >> level, width >> level, model.filters), tf.float32)
+             for level in range(model.levels)] for _ in range(model.stacks)]
 
 
 def embed_pairs(model: Any, config: Config, source: FrameSource) -> Iterator[PairEmbeddings]:

@@ -160,6 +160,47 @@ class ConvGRU2D(keras.layers.Layer):
         y = self.conv_y(ops.concatenate([x, r * h], axis=-1))
         return y + u * (h - y)  # = u * h + (1 - u) * y with fewer full-size temporaries (less inference memory)
 
+    # -- inference with the input and state halves of the convolutions computed separately
+
+    def _split_kernel(self, conv: keras.layers.Layer) -> tuple[Any, Any]:
+        """(input half, state half) of a kernel over [x, h] along its input channels."""
+        inputs = conv.kernel.shape[-2] - self.filters
+        return conv.kernel[:, :, :inputs, :], conv.kernel[:, :, inputs:, :]
+
+    def input_terms(self, x: Any) -> tuple[Any, Any, Any]:
+        """The parts of the three pre-activations that depend on x only (biases included).
+
+        A convolution of [x, h] is the sum of a convolution of x with the input half of its kernel and one of h
+        with the state half. The input part of a frame does not depend on the state, so it can be computed once and
+        reused by every window that contains the frame (inference, §2.5). Continue with :meth:`update`.
+
+        Returns:
+            (a_r, a_u, a_y), each (B, H, W, filters).
+        """
+        return tuple(
+            ops.add(ops.conv(x, self._split_kernel(conv)[0], padding="same"), conv.bias)
+            for conv in (self.conv_r, self.conv_u, self.conv_y)
+        )
+
+    def update(self, terms: Sequence[Any], h: Optional[Any] = None) -> Any:
+        """The new state from :meth:`input_terms` of x and the previous state h; equals ``call(x, h)`` up to
+        float rounding.
+
+        Args:
+            terms: (a_r, a_u, a_y) from :meth:`input_terms`.
+            h: Previous state, or None for the zero state (the first frame of a window): then every state term
+                vanishes (r · h = 0), so no state convolution runs.
+        """
+        a_r, a_u, a_y = terms
+        if h is None:
+            u = self.conv_u.activation(a_u)
+            y = self.conv_y.activation(a_y)
+            return y - u * y  # y + u * (0 - y)
+        r = self.conv_r.activation(a_r + ops.conv(h, self._split_kernel(self.conv_r)[1], padding="same"))
+        u = self.conv_u.activation(a_u + ops.conv(h, self._split_kernel(self.conv_u)[1], padding="same"))
+        y = self.conv_y.activation(a_y + ops.conv(r * h, self._split_kernel(self.conv_y)[1], padding="same"))
+        return y + u * (h - y)
+
     def compute_output_shape(self, x_shape: Sequence[Optional[int]], h_shape: Sequence[Optional[int]]) -> tuple:
         return tuple(x_shape[:-1]) + (self.filters,)
 
@@ -314,6 +355,13 @@ class Hourglass(keras.layers.Layer):
         (for ``parallel='gru'`` these are the new states). Call on a built hourglass."""
         if self.recurrent and (states is None or len(states) != self.levels):
             raise ValueError(f"{self.name}: expected a list of {self.levels} states, got {states!r}")
+        contracted = self.contracting_path(x)
+        if self.recurrent:
+            return [block(c, s) for block, c, s in zip(self.parallel_blocks, contracted, states)]
+        return [block(c) for block, c in zip(self.parallel_blocks, contracted)]
+
+    def contracting_path(self, x: Any) -> list[Any]:
+        """Input convolution and contracting path: the input of the parallel block of every level."""
         if self.input_conv is not None:
             x = self.input_conv(x)
         contracted = []
@@ -322,9 +370,20 @@ class Hourglass(keras.layers.Layer):
                 x = self.pool(x)
             x = self.contracting[level](x)
             contracted.append(x)
-        if self.recurrent:
-            return [block(c, s) for block, c, s in zip(self.parallel_blocks, contracted, states)]
-        return [block(c) for block, c in zip(self.parallel_blocks, contracted)]
+        return contracted
+
+    def encode(self, x: Any) -> list[tuple[Any, Any, Any]]:
+        """Everything of a recurrent hourglass that does not depend on the states: the contracting path and the
+        input terms of every ConvGRU (:meth:`ConvGRU2D.input_terms`), one triple per level."""
+        if not self.recurrent:
+            raise ValueError(f"{self.name}: encode needs ConvGRUs in the parallel path")
+        return [block.input_terms(c) for block, c in zip(self.parallel_blocks, self.contracting_path(x))]
+
+    def parallel_from_encoded(self, encoded: Sequence[Sequence[Any]], states: Optional[Sequence[Any]]) -> list[Any]:
+        """The new states from :meth:`encode` of x and the states (None: all zero, the first frame of a window);
+        equal to :meth:`parallel_path` up to float rounding."""
+        states = [None] * self.levels if states is None else states
+        return [block.update(terms, s) for block, terms, s in zip(self.parallel_blocks, encoded, states)]
 
     def expanding_path(self, parallel: Sequence[Any]) -> Any:
         """Expanding path and output convolution on the parallel outputs: the raw embeddings."""
@@ -419,6 +478,49 @@ class RecurrentStackCell(keras.layers.Layer):
             embeddings, hourglass_states = hourglass(x, list(states[k]))
             outputs.append(embeddings)
             new_states.append(list(hourglass_states))
+        return outputs, new_states
+
+    def encode(self, frame: Any) -> list[tuple[Any, Any, Any]]:
+        """The state-independent part of hourglass 0 for a frame (:meth:`Hourglass.encode`): it is the same in
+        every window that contains the frame, so inference can compute it once per frame."""
+        return self.hourglasses[0].encode(frame)
+
+    def step_encoded(
+        self,
+        frame: Any,
+        encoded: Sequence[Sequence[Any]],
+        states: Optional[Sequence[Sequence[Any]]] = None,
+        embeddings: bool = True,
+    ) -> tuple[list[Any], list[list[Any]]]:
+        """:meth:`step` from ``encoded = encode(frame)``; equal up to float rounding.
+
+        Args:
+            frame: (B, H, W, C) frames (hourglasses k > 0 see them again).
+            encoded: :meth:`encode` of ``frame``.
+            states: ``states[k][ℓ]``, or None for all-zero states (the first frame of a window): then no state
+                convolution runs in any hourglass.
+            embeddings: False skips the expanding path and output convolution of the last hourglass (as
+                :meth:`advance`); ``outputs`` then lacks its entry.
+
+        Returns:
+            ``(outputs, new_states)`` as :meth:`step`.
+        """
+        if states is not None and len(states) != self.stacks:
+            raise ValueError(f"{self.name}: expected states for {self.stacks} hourglasses, got {len(states)}")
+        outputs, new_states = [], []
+        for k, hourglass in enumerate(self.hourglasses):
+            previous = None if states is None else list(states[k])
+            if k == 0:
+                parallel = hourglass.parallel_from_encoded(encoded, previous)
+            else:
+                x = stack_input(frame, outputs[-1], self.normalization_epsilon)
+                if previous is None:
+                    parallel = hourglass.parallel_from_encoded(hourglass.encode(x), None)
+                else:  # one convolution over [x, h] is faster than two halves when nothing is reused
+                    parallel = hourglass.parallel_path(x, previous)
+            new_states.append(list(parallel))
+            if embeddings or k < self.stacks - 1:
+                outputs.append(hourglass.expanding_path(parallel))
         return outputs, new_states
 
     def advance(self, frame: Any, states: Sequence[Sequence[Any]]) -> list[list[Any]]:

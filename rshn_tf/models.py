@@ -18,7 +18,9 @@ Streaming (RSHN only, §2.5): :meth:`RecurrentStackedHourglass.zero_states` and
 :meth:`RecurrentStackedHourglass.step` run one frame at a time with explicit states; :class:`RecurrentStream`
 keeps the states for the caller (get / set / reset). Running T frames through ``step`` equals the sequence call.
 :meth:`RecurrentStackedHourglass.advance` returns only the new states (cheaper; for frames whose embeddings are
-not used).
+not used). :meth:`RecurrentStackedHourglass.encode` splits off the state-independent part of a step (reusable
+across the overlapping windows of inference); :meth:`~RecurrentStackedHourglass.step_encoded` and
+:meth:`~RecurrentStackedHourglass.advance_encoded` finish it, and skip all state convolutions from zero states.
 The sequence call loops over time with ``keras.layers.RNN`` (a symbolic ``while_loop`` under TensorFlow, so a
 ``tf.function`` traces one frame, not T).
 
@@ -267,6 +269,35 @@ class RecurrentStackedHourglass(_StackedHourglassModel):
         last two frames of an inference window (§2.5)."""
         self._check_step(frames, states)
         return self.cell.advance(frames, states)
+
+    def encode(self, frames: Any) -> list[tuple[Any, Any, Any]]:
+        """The part of a step that does not depend on the states: hourglass 0's input convolution, contracting path
+        and the input terms of its ConvGRUs (:meth:`rshn_tf.layers.RecurrentStackCell.encode`), ``encoded[ℓ]`` =
+        (a_r, a_u, a_y) of level ℓ. A frame has the same encoding in every window that contains it (§2.5), so
+        inference computes it once per frame; continue with :meth:`step_encoded` / :meth:`advance_encoded`."""
+        self._check_input_shape(tuple(frames.shape), "frames", time_axis=False)
+        return self.cell.encode(frames)
+
+    def step_encoded(
+        self, frames: Any, encoded: Sequence[Sequence[Any]], states: Optional[Sequence[Sequence[Any]]] = None
+    ) -> tuple[list[Any], list[list[Any]]]:
+        """:meth:`step` with ``encoded = encode(frames)``; equal up to float rounding. ``states=None`` stands for
+        all-zero states (the first frame of a window) and skips every state convolution."""
+        self._check_encoded_step(frames, states)
+        return self.cell.step_encoded(frames, encoded, states)
+
+    def advance_encoded(
+        self, frames: Any, encoded: Sequence[Sequence[Any]], states: Optional[Sequence[Sequence[Any]]] = None
+    ) -> list[list[Any]]:
+        """:meth:`advance` with ``encoded = encode(frames)`` (``states=None``: zero states)."""
+        self._check_encoded_step(frames, states)
+        return self.cell.step_encoded(frames, encoded, states, embeddings=False)[1]
+
+    def _check_encoded_step(self, frames: Any, states: Optional[Sequence[Sequence[Any]]]) -> None:
+        if states is None:
+            self._check_input_shape(tuple(frames.shape), "frames", time_axis=False)
+        else:
+            self._check_step(frames, states)
 
     def _check_step(self, frames: Any, states: Sequence[Sequence[Any]]) -> None:
         self._check_input_shape(tuple(frames.shape), "frames", time_axis=False)

@@ -188,16 +188,20 @@ def test_windows_run_tile_by_tile():
 # Real (tiny) networks against their whole-sequence call
 
 
-def window_reference(model, inputs: np.ndarray, start: int, stop: int, position: int) -> np.ndarray:
-    """Normalised embeddings of frame ``start + position`` of the window ``start … stop-1`` from the model's
-    whole-sequence call; ``inputs`` is (T, n, h, w, 1)."""
-    volume = np.moveaxis(inputs[start:stop], 0, 1)  # (n, L, h, w, 1)
-    return model.normalized_embeddings(model(tf.constant(volume)))[:, position].numpy()
+def assert_close_to_window_call(got: np.ndarray, model, inputs: np.ndarray, start: int, position: int) -> None:
+    """``got`` equals frame ``start + position`` of the whole-window call up to float rounding of the raw
+    embeddings (2e-5), magnified by the L2 normalisation where a raw embedding is short (the tiny random network's
+    last hourglass has many near zero, norm down to sqrt(eps) = 0.01)."""
+    volume = tf.constant(np.moveaxis(inputs[start:start + LENGTH], 0, 1))
+    raw = model(volume)[-1][:, position].numpy()
+    expected = model.normalized_embeddings([raw]).numpy()
+    norm = np.maximum(np.linalg.norm(raw, axis=-1, keepdims=True), 1e-2)
+    assert (np.abs(got - expected) <= 2e-5 + 2e-5 / norm).all(), np.abs(got - expected).max()
 
 
-@pytest.mark.parametrize("architecture", ["rshn", "volumetric"])
-def test_tile_embeddings_match_the_whole_window_call(architecture):
-    config = tiny_config(architecture, max_batch_tiles=3)
+@pytest.mark.parametrize("architecture, encoded", [("rshn", True), ("rshn", False), ("volumetric", False)])
+def test_tile_embeddings_match_the_whole_window_call(architecture, encoded):
+    config = tiny_config(architecture, max_batch_tiles=3, encoded_steps=encoded)
     model = tiny_model(config)
     frames = random_frames(6, (96, 160))
     source = ArraySource(frames)
@@ -209,11 +213,31 @@ def test_tile_embeddings_match_the_whole_window_call(architecture):
     assert inputs.shape == (6, 8, 64, 64, 1)
     for index, (a, b), first, second in got:
         start = 0 if index < LENGTH - 1 else b - LENGTH + 1
-        np.testing.assert_allclose(first, window_reference(model, inputs, start, start + LENGTH, a - start),
-                                   atol=2e-5)
-        np.testing.assert_allclose(second, window_reference(model, inputs, start, start + LENGTH, b - start),
-                                   atol=2e-5)
+        assert_close_to_window_call(first, model, inputs, start, a - start)
+        assert_close_to_window_call(second, model, inputs, start, b - start)
     assert embedder.tracing_count == 1  # batches of 3, 3 and 2 tiles share one trace
+    assert embedder.encodings == (6 * 8 if encoded else 0)  # each frame's tiles encoded once, reused by 3 windows
+
+
+def test_reused_encodings_give_exactly_the_recomputed_embeddings():
+    """``inference.encoding_cache_mb``: reuse when the encodings of l frames of all tiles fit, else recompute; the
+    same tensors either way, so the embeddings are identical."""
+    frames = random_frames(7, (96, 160), seed=9)
+    # tiny network: 3 x 4 filters x 4 bytes x (64² + 32² + 16²) per tile, 8 tiles x l = 4 frames: 7.9 MB
+    needed = 8 * LENGTH * 3 * 4 * 4 * (64 * 64 + 32 * 32 + 16 * 16)
+    results = {}
+    for megabytes, reused in ((0, False), (7, False), (8, True)):
+        config = tiny_config(max_batch_tiles=3, encoding_cache_mb=megabytes)
+        embedder = PairEmbedder(tiny_model(config), config, TileLayout((96, 160), config))
+        assert embedder._recurrence.cache_bytes == needed and embedder._recurrence.reuse == reused
+        results[megabytes] = collect(embedder, ArraySource(frames))
+        windows = 7 - LENGTH + 1
+        assert embedder.encodings == 8 * (7 if reused else windows * LENGTH)
+    for other in list(results)[1:]:
+        for (i, f, a1, b1), (j, g, a2, b2) in zip(results[0], results[other]):
+            assert (i, f) == (j, g)
+            np.testing.assert_array_equal(a1, a2)
+            np.testing.assert_array_equal(b1, b2)
 
 
 def test_advance_gives_the_states_of_step():
@@ -276,8 +300,7 @@ def test_full_frame_layout_pads_runs_and_crops():
     inputs = np.stack([layout.inputs(f) for f in frames])
     for index, (a, b), first, second in got:
         start = 0 if index < LENGTH - 1 else b - LENGTH + 1
-        np.testing.assert_allclose(first, window_reference(model, inputs, start, start + LENGTH, a - start),
-                                   atol=2e-5)
+        assert_close_to_window_call(first, model, inputs, start, a - start)
         pair = layout.full_pair(first, second)
         assert pair.shape == (2, 70, 99, 4) and pair.dtype == np.float32
         np.testing.assert_array_equal(pair[1], second[0, 1:71, 0:99])

@@ -266,6 +266,44 @@ def test_conv_gru_matches_the_numpy_gate_equations(activation, channels):
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
 
 
+@pytest.mark.parametrize("zero_state", [False, True])
+def test_conv_gru_split_into_input_and_state_halves_matches_the_numpy_gate_equations(zero_state):
+    """Inference splits each convolution over [x, h] into an input half (reusable) and a state half (skipped for
+    the zero state of a window's first frame); the result is the same GRU."""
+    keras.utils.set_random_seed(3)
+    layer = ConvGRU2D(6, 3)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 9, 11, 5)).astype("float32")
+    h = np.zeros((2, 9, 11, 6), np.float32) if zero_state else rng.normal(size=(2, 9, 11, 6)).astype("float32")
+    layer(x, h)
+    for conv in (layer.conv_r, layer.conv_u, layer.conv_y):
+        conv.bias.assign(rng.normal(0, 0.3, 6).astype("float32"))
+    terms = layer.input_terms(x)
+    assert [tuple(t.shape) for t in terms] == [(2, 9, 11, 6)] * 3
+    out = np.asarray(layer.update(terms, None if zero_state else h), np.float64)
+    w = {f"g/{conv.name}/{v.name}": np.asarray(v, np.float64)
+         for conv in (layer.conv_r, layer.conv_u, layer.conv_y) for v in conv.weights}
+    ref = np_gru(w, "g", x.astype(np.float64), h.astype(np.float64))
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_encoded_steps_match_the_numpy_reference_and_advance_gives_their_states(small_rshn):
+    """encode + step_encoded (states None = zero states for the first frame) computes the same network."""
+    frames = random_frames((2, T, 16, 16, 1), seed=8)
+    ref = np_rshn(weights_by_path(small_rshn), frames.astype(np.float64), SMALL["levels"], SMALL["filters"])
+    states = None
+    for t in range(T):
+        frame = tf.constant(frames[:, t])
+        encoded = small_rshn.encode(frame)
+        assert [tuple(a.shape) for a, _, _ in encoded] == [(2, 16 >> lv, 16 >> lv, 8) for lv in range(3)]
+        advanced = small_rshn.advance_encoded(frame, encoded, states)
+        outputs, states = small_rshn.step_encoded(frame, encoded, states)
+        for out, expected in zip(outputs, ref):
+            assert np.abs(np.asarray(out, np.float64) - expected[:, t]).max() / np.abs(expected).max() < 1e-5
+        for got, want in zip(small_rshn.cell.flatten_states(advanced), small_rshn.cell.flatten_states(states)):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 @pytest.mark.parametrize("first_output_scale", [1.0, 1e-3])
 def test_rshn_matches_a_numpy_reference_of_the_whole_network(first_output_scale):
     keras.utils.set_random_seed(1)
