@@ -503,18 +503,18 @@ class PlainRecurrence:
         """Nothing is kept between windows."""
 
 
-class EncodedRecurrence:
-    """RSHN frame steps split into :meth:`~rshn_tf.models.RecurrentStackedHourglass.encode` and
-    :meth:`~rshn_tf.models.RecurrentStackedHourglass.step_encoded` (``inference.encoded_steps``).
-
-    Two savings, same results up to float rounding (docs/performance.md):
+class EncodedRecurrence(PlainRecurrence):
+    """RSHN frame steps that use :meth:`~rshn_tf.models.RecurrentStackedHourglass.encode` and
+    :meth:`~rshn_tf.models.RecurrentStackedHourglass.step_encoded` where they save work
+    (``inference.encoded_steps``); same results up to float rounding (docs/performance.md):
 
     * The first frame of every window starts from zero states (§2.5), so all state convolutions of both
       hourglasses are skipped for it (``states`` is None).
     * Hourglass 0's encoding of a frame (contracting path and the input half of its ConvGRU convolutions) does not
       depend on the states, and every frame is in l overlapping windows: when the encodings of l frames of all
       inputs fit into ``inference.encoding_cache_mb``, each is computed once and reused by the next windows (e.g.
-      DIC-C2DH-HeLa: one 256 × 256 tile, 8 × 67 MB for the paper network).
+      DIC-C2DH-HeLa: one 256 × 256 tile, 8 × 67 MB for the paper network). Otherwise the later frames of a window
+      run the plain step (one convolution over [x, h] is faster than its two halves when nothing is reused).
 
     Args:
         model: A :class:`~rshn_tf.models.RecurrentStackedHourglass`.
@@ -525,7 +525,7 @@ class EncodedRecurrence:
     def __init__(self, model: Any, layout: TileLayout | FullFrameLayout, config: Config):
         import tensorflow as tf
 
-        self.model = model
+        super().__init__(model, layout)
         frame_spec, state_specs = _frame_spec(layout), _state_specs(model, layout)
         encoded_specs = [(spec,) * 3 for spec in state_specs[0]]
         normalized = model.normalized_embeddings
@@ -539,19 +539,20 @@ class EncodedRecurrence:
             return normalized(outputs), new_states
 
         self._encode = tf.function(model.encode, input_signature=[frame_spec])
-        self._steps = {
-            (True, True): tf.function(first_step, input_signature=[frame_spec, encoded_specs]),
-            (True, False): tf.function(next_step, input_signature=[frame_spec, encoded_specs, state_specs]),
-            (False, True): tf.function(lambda frames, encoded: model.advance_encoded(frames, encoded, None),
-                                       input_signature=[frame_spec, encoded_specs]),
-            (False, False): tf.function(model.advance_encoded,
-                                        input_signature=[frame_spec, encoded_specs, state_specs]),
+        self._first = {
+            True: tf.function(first_step, input_signature=[frame_spec, encoded_specs]),
+            False: tf.function(lambda frames, encoded: model.advance_encoded(frames, encoded, None),
+                               input_signature=[frame_spec, encoded_specs]),
         }
         height, width = layout.input_shape
         per_input = 3 * model.filters * 4 * sum((height >> level) * (width >> level) for level in range(model.levels))
         #: Bytes the encodings of one window (l frames of all inputs) take; reused across windows when they fit.
         self.cache_bytes = layout.num_inputs * config.data.sequence_length * per_input
         self.reuse = self.cache_bytes <= config.inference.encoding_cache_mb * 2**20
+        self._next = {
+            True: tf.function(next_step, input_signature=[frame_spec, encoded_specs, state_specs]),
+            False: tf.function(model.advance_encoded, input_signature=[frame_spec, encoded_specs, state_specs]),
+        } if self.reuse else {}
         self.encodings = 0
         self._cache: dict[tuple[int, int], Any] = {}
         log.info("hourglass-0 encodings %s across windows (%.0f MB for %d inputs x %d frames; "
@@ -561,7 +562,7 @@ class EncodedRecurrence:
     @property
     def functions(self) -> list[Any]:
         """The traced functions (for tracing counts)."""
-        return [self._encode] + list(self._steps.values())
+        return super().functions + [self._encode] + list(self._first.values()) + list(self._next.values())
 
     def start(self, batch: int) -> None:
         """States at the start of a window: None stands for zeros (no state convolutions run)."""
@@ -569,17 +570,19 @@ class EncodedRecurrence:
 
     def __call__(self, frames: Any, key: tuple[int, int], states: Any, needed: bool) -> tuple[Any, Any]:
         """One frame step of input batch ``key`` = (frame, batch index): ``(embeddings or None, new states)``."""
+        if states is not None and not self.reuse:
+            return super().__call__(frames, key, states, needed)
         encoded = self._cache.get(key)
         if encoded is None:
             encoded = self._encode(frames)
             self.encodings += int(frames.shape[0])
             if self.reuse:
                 self._cache[key] = encoded
-        step = self._steps[(needed, states is None)]
-        args = (frames, encoded) if states is None else (frames, encoded, states)
-        if needed:
-            return step(*args)
-        return None, step(*args)
+        if states is None:
+            result = self._first[needed](frames, encoded)
+        else:
+            result = self._next[needed](frames, encoded, states)
+        return result if needed else (None, result)
 
     def forget_before(self, t: int) -> None:
         """Drop the encodings of frames before t (no later window contains them)."""

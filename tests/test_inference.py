@@ -199,9 +199,12 @@ def assert_close_to_window_call(got: np.ndarray, model, inputs: np.ndarray, star
     assert (np.abs(got - expected) <= 2e-5 + 2e-5 / norm).all(), np.abs(got - expected).max()
 
 
-@pytest.mark.parametrize("architecture, encoded", [("rshn", True), ("rshn", False), ("volumetric", False)])
-def test_tile_embeddings_match_the_whole_window_call(architecture, encoded):
-    config = tiny_config(architecture, max_batch_tiles=3, encoded_steps=encoded)
+@pytest.mark.parametrize("architecture, encoded, cache_mb", [
+    ("rshn", True, 1024), ("rshn", True, 0), ("rshn", False, 0), ("volumetric", False, 0)])
+def test_tile_embeddings_match_the_whole_window_call(architecture, encoded, cache_mb):
+    """Encoded steps (with and without reusing encodings), the plain step and the volumetric pass all give the
+    embeddings of the whole-window call."""
+    config = tiny_config(architecture, max_batch_tiles=3, encoded_steps=encoded, encoding_cache_mb=cache_mb)
     model = tiny_model(config)
     frames = random_frames(6, (96, 160))
     source = ArraySource(frames)
@@ -216,28 +219,28 @@ def test_tile_embeddings_match_the_whole_window_call(architecture, encoded):
         assert_close_to_window_call(first, model, inputs, start, a - start)
         assert_close_to_window_call(second, model, inputs, start, b - start)
     assert embedder.tracing_count == 1  # batches of 3, 3 and 2 tiles share one trace
-    assert embedder.encodings == (6 * 8 if encoded else 0)  # each frame's tiles encoded once, reused by 3 windows
+    # reuse: each frame's tiles are encoded once; without: only the first frame of each of the 3 windows
+    assert embedder.encodings == (0 if not encoded else 6 * 8 if cache_mb else 3 * 8)
 
 
-def test_reused_encodings_give_exactly_the_recomputed_embeddings():
-    """``inference.encoding_cache_mb``: reuse when the encodings of l frames of all tiles fit, else recompute; the
-    same tensors either way, so the embeddings are identical."""
+def test_encodings_are_reused_when_a_window_of_them_fits_the_budget():
+    """``inference.encoding_cache_mb``: hourglass-0 encodings are kept for the next windows when those of l frames of
+    all tiles fit; otherwise only the first frame of each window is encoded (to skip its state convolutions)."""
     frames = random_frames(7, (96, 160), seed=9)
     # tiny network: 3 x 4 filters x 4 bytes x (64² + 32² + 16²) per tile, 8 tiles x l = 4 frames: 7.9 MB
     needed = 8 * LENGTH * 3 * 4 * 4 * (64 * 64 + 32 * 32 + 16 * 16)
+    windows = 7 - LENGTH + 1
     results = {}
     for megabytes, reused in ((0, False), (7, False), (8, True)):
         config = tiny_config(max_batch_tiles=3, encoding_cache_mb=megabytes)
         embedder = PairEmbedder(tiny_model(config), config, TileLayout((96, 160), config))
         assert embedder._recurrence.cache_bytes == needed and embedder._recurrence.reuse == reused
         results[megabytes] = collect(embedder, ArraySource(frames))
-        windows = 7 - LENGTH + 1
-        assert embedder.encodings == 8 * (7 if reused else windows * LENGTH)
-    for other in list(results)[1:]:
-        for (i, f, a1, b1), (j, g, a2, b2) in zip(results[0], results[other]):
-            assert (i, f) == (j, g)
-            np.testing.assert_array_equal(a1, a2)
-            np.testing.assert_array_equal(b1, b2)
+        assert embedder.encodings == 8 * (7 if reused else windows)
+    for (i, f, a1, b1), (j, g, a2, b2) in zip(results[0], results[7]):  # the same computation
+        assert (i, f) == (j, g)
+        np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_array_equal(b1, b2)
 
 
 def test_advance_gives_the_states_of_step():
