@@ -303,6 +303,10 @@ class InferenceConfig:
         encoding_cache_mb: With ``encoded_steps``: memory (MB) allowed for reusing hourglass 0's encodings across
             windows; used when the encodings of l frames of all inputs fit (paper network: 67 MB per 256 × 256
             input, so DIC-C2DH-HeLa's one tile needs 0.5 GB, Fluo-N2DL-HeLa's 40 tiles 21 GB); 0 = never reuse.
+        overlap_postprocessing: Post-process (cluster, merge, track) each frame pair in a worker thread while the
+            network computes the next pair; pairs are still processed one at a time and in order, so results are
+            the same. Uses the cores the other stage leaves idle (e.g. the clustering of a one-tile frame runs on
+            one core).
     """
 
     tile_size: Optional[list[int]] = None
@@ -313,6 +317,7 @@ class InferenceConfig:
     max_batch_tiles: int = 1
     encoded_steps: bool = True
     encoding_cache_mb: int = 1024
+    overlap_postprocessing: bool = True
 
 
 @dataclass

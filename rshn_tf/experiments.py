@@ -64,7 +64,7 @@ RERUN_MAY_CHANGE = frozenset({
     "data.dataset_dir", "data.num_workers", "data.prefetch", "data.worker_type",
     "training.checkpoint_every", "training.max_checkpoints", "training.log_every", "training.image_every",
     "training.strategy", "inference.threads", "inference.batch_tiles", "inference.max_batch_tiles",
-    "inference.encoded_steps", "inference.encoding_cache_mb",
+    "inference.encoded_steps", "inference.encoding_cache_mb", "inference.overlap_postprocessing",
     "experiment.output_dir",
 })
 #: Sections whose values shape the trained network (training-step key).

@@ -799,11 +799,14 @@ def predict(
              "full frame" if layout.full_frame else f"{layout.num_inputs} tiles", layout.num_inputs, embedder.batch)
     try:
         with _progress_bar(num_frames, progress) as bar:
-            for pair in embedder.pairs(source):
+
+            def post_process(pair: PairEmbeddings) -> None:
                 layout.add_to(processor, pair.first, pair.second)
                 if writer is not None:
                     writer.write(pair.index, layout.full_pair(pair.first, pair.second))
                 bar.update(processor.num_frames - bar.n)
+
+            consume_pairs(embedder.pairs(source), post_process, config.inference.overlap_postprocessing)
             out = processor.finish(output_dir, files.digits)
         embeddings_dir = writer.commit() if writer is not None else None
     except BaseException:
@@ -821,6 +824,29 @@ def predict(
              (timings.get("reading", 0.0) + timings.get("preprocessing", 0.0)) / num_frames,
              result.postprocessing_seconds / num_frames, timings["total"] / num_frames)
     return result
+
+
+def consume_pairs(pairs: Iterator[PairEmbeddings], consume: Any, overlap: bool) -> None:
+    """Call ``consume(pair)`` on every pair in order; with ``overlap`` in a worker thread, so that the
+    post-processing of one pair runs while the network computes the next (``inference.overlap_postprocessing``).
+
+    At most one pair is being consumed while the next is produced; pairs are consumed one at a time, in order, so
+    the results are the same as without overlap. An exception in either side stops both and is raised here.
+    """
+    if not overlap:
+        for pair in pairs:
+            consume(pair)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocess") as pool:
+        running = None
+        for pair in pairs:
+            if running is not None:
+                running.result()
+            running = pool.submit(consume, pair)
+        if running is not None:
+            running.result()
 
 
 def _progress_bar(total: int, enabled: Optional[bool]) -> Any:

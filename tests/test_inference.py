@@ -8,6 +8,8 @@ is independent of the streaming path under test.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,6 +17,7 @@ import tensorflow as tf
 from data_io.ctc import read_tiff, read_track_file, write_tiff
 from rshn_tf.cli import EXIT_USER_ERROR, main
 from rshn_tf.config import Config, load_config, validate
+from rshn_tf.errors import RshnError
 from rshn_tf.evaluation import evaluate_result, validate_result
 from rshn_tf.inference import (
     FrameSource,
@@ -22,6 +25,7 @@ from rshn_tf.inference import (
     PairEmbedder,
     TileLayout,
     central_owner,
+    consume_pairs,
     plan_windows,
     predict,
 )
@@ -402,6 +406,60 @@ def test_predict_cli_writes_a_valid_result_that_evaluates(model_dir, short_video
     scores = evaluate_result(out, gt)
     assert set(scores) >= {"SEG", "TRA"} and all(0.0 <= scores[k] <= 1.0 for k in ("SEG", "TRA"))
     assert main(["evaluate", str(out), str(gt), "--json"]) == 0
+
+
+def test_overlapped_post_processing_gives_the_same_result(model_dir, short_video, tmp_path):
+    """``inference.overlap_postprocessing``: clustering in a worker thread while the network runs changes nothing."""
+    results = {}
+    for overlap in (True, False):
+        out = tmp_path / f"RES_{overlap}"
+        predict(model_dir, short_video, out, overrides=[f"inference.overlap_postprocessing={str(overlap).lower()}"])
+        results[overlap] = read_result(out)
+    assert results[True][0].max() > 0  # something was segmented
+    np.testing.assert_array_equal(results[True][0], results[False][0])
+    np.testing.assert_array_equal(results[True][1], results[False][1])
+
+
+def test_consume_pairs_keeps_the_order_and_one_pair_in_flight():
+    produced, consumed, in_flight = [], [], []
+
+    def pairs():
+        for index in range(6):
+            in_flight.append(len(produced) - len(consumed))
+            produced.append(index)
+            yield index
+
+    def consume(index):
+        time.sleep(0.01)
+        consumed.append(index)
+
+    consume_pairs(pairs(), consume, overlap=True)
+    assert consumed == list(range(6))
+    assert max(in_flight) <= 1  # the producer works on pair i+1 only while pair i is being consumed
+
+
+@pytest.mark.parametrize("failing", ["consumer", "producer"])
+def test_consume_pairs_raises_errors_of_either_side_and_stops(failing):
+    produced, consumed = [], []
+
+    def pairs():
+        for index in range(10):
+            if failing == "producer" and index == 3:
+                raise RshnError("network failed")
+            produced.append(index)
+            yield index
+
+    def consume(index):
+        if failing == "consumer" and index == 2:
+            raise RshnError("clustering failed")
+        consumed.append(index)
+
+    with pytest.raises(RshnError, match="failed"):
+        consume_pairs(pairs(), consume, overlap=True)
+    if failing == "consumer":
+        assert consumed == [0, 1] and len(produced) <= 4  # the producer stopped right after the failure
+    else:
+        assert consumed == [0, 1, 2]  # what was produced before the failure was still consumed
 
 
 @pytest.mark.parametrize("frames", [1, 2, 3])
