@@ -154,7 +154,7 @@ def worker_predict(args: argparse.Namespace) -> dict:
     from rshn_tf.inference import predict
 
     with RssSampler(log=args.rss_log) as sampler:
-        result = predict(args.model, args.input, args.output, overrides=args.set, progress=False)
+        result = predict(args.model, args.input, args.output, overrides=args.set, progress=bool(args.rss_log))
     wall = time.perf_counter() - START
     t = result.timings
     frames = result.num_frames
@@ -264,12 +264,20 @@ def worker_micro(args: argparse.Namespace) -> dict:
 # Driver
 
 
-def run(worker: str, *extra: str) -> dict:
+def run(worker: str, *extra: str, stderr_file: str | None = None) -> dict:
+    """Run a worker subprocess and return its JSON result; its stderr (e.g. a progress bar) goes to
+    ``stderr_file`` while it runs, if given."""
     command = [sys.executable, __file__, "--worker", worker, *extra]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    if stderr_file is None:
+        completed = subprocess.run(command, capture_output=True, text=True, env=env)
+        errors = completed.stderr
+    else:
+        with open(stderr_file, "w") as stream:
+            completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=stream, text=True, env=env)
+        errors = Path(stderr_file).read_text()
     if completed.returncode != 0:
-        raise SystemExit(f"{worker} failed:\n{completed.stderr[-3000:]}")
+        raise SystemExit(f"{worker} failed:\n{errors[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -294,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-frames", type=int, default=0, help="memory: first N frames of N2DL-HeLa 01")
     parser.add_argument("--memory-set", action="append", default=[],
                         help="memory: --set override (repeatable; default: none, the preset's tiles)")
-    parser.add_argument("--rss-log", help="memory: append 'seconds resident_MB' samples to this file during the run")
+    parser.add_argument("--rss-log", help="memory: append 'seconds resident_MB' samples to this file during the run "
+                                          "(and the progress bar to FILE.progress)")
     parser.add_argument("--oracle-dataset", default="DIC-C2DH-HeLa", choices=sorted(ORACLE_SEQUENCES),
                         help="oracle: dataset (frames: --frames for DIC, --memory-frames for Fluo-N2DL-HeLa)")
     parser.add_argument("--micro-repeats", type=int, default=3)
@@ -367,7 +376,8 @@ def main(argv: list[str] | None = None) -> None:
             seq = frames_folder(data / "Fluo-N2DL-HeLa" / "01", args.memory_frames, tmp)
             r = run("predict", "--model", str(model), "--input", str(seq), "--output", str(tmp / "hela_RES"),
                     *[x for s in sets for x in ("--set", s)],
-                    *(["--rss-log", args.rss_log] if args.rss_log else []))
+                    *(["--rss-log", args.rss_log] if args.rss_log else []),
+                    stderr_file=f"{args.rss_log}.progress" if args.rss_log else None)
             results["memory"] = dict(r, sets=sets)
             print_predict(f"memory: rshn predict Fluo-N2DL-HeLa 01, paper network (random weights, all background), --set "
                           f"{' '.join(sets) or '(none)'}", r)
