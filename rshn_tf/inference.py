@@ -31,12 +31,16 @@ states are alive; the memory of a window is the used embeddings of all tiles plu
 activations, whatever the number of tiles.
 
 Architectures: the RSHN runs frame by frame with explicit states (:meth:`RecurrentStackedHourglass.step`; frames
-whose embeddings a window does not use only advance the states, :meth:`RecurrentStackedHourglass.advance`); the SHN
+whose embeddings a window does not use only advance the states, :meth:`RecurrentStackedHourglass.advance`; with
+``inference.encoded_steps`` the first frame of a window skips its zero-state convolutions and hourglass 0's
+state-independent part is reused across windows where it fits, :class:`EncodedRecurrence`); the SHN
 has no temporal context, so each frame runs once and consecutive frames form the pairs (the same embeddings any
 window would give); the volumetric network runs each window (B, l, h, w, 1) in one pass, and pairs are taken from
 its output volume like for the RSHN (notes §2.1).
 
-``rshn predict`` = :func:`predict`; :func:`embed_pairs` is the network part alone (for tests and benchmarks).
+``rshn predict`` = :func:`predict`; :func:`embed_pairs` is the network part alone (for tests and benchmarks). With
+``inference.overlap_postprocessing`` :func:`predict` post-processes each pair in a worker thread while the network
+computes the next (:func:`consume_pairs`).
 """
 
 from __future__ import annotations
