@@ -3,7 +3,8 @@
 Everything here is written with ``keras.layers`` and ``keras.ops`` only, so it is backend-neutral. Data layout is
 channels-last. The blocks:
 
-* :class:`ConvGRU2D`: the convolutional GRU of the parallel (skip) path, called as ``layer(x, h) -> h'``.
+* :class:`ConvGRU2D`: the convolutional GRU of the parallel (skip) path, called as ``layer(x, h) -> h'``; for
+  inference also as ``update(input_terms(x), h)``, with the input and state halves of its convolutions apart.
 * :class:`Hourglass`: one hourglass (input conv, contracting / parallel / expanding paths, output conv), 2D with a
   ConvGRU or a convolution in the parallel path, or volumetric (3D convolutions, time never pooled).
 * :class:`RecurrentStackCell`: the stacked recurrent hourglasses for one frame, usable as a ``keras.layers.RNN`` cell.
