@@ -358,7 +358,7 @@ class PairEmbedder:
     @property
     def encodings(self) -> int:
         """RSHN with ``inference.encoded_steps``: inputs whose hourglass-0 encoding was computed (not reused)."""
-        return getattr(self._recurrence, "encodings", 0) if self.kind == "rshn" else 0
+        return self._recurrence.encodings if self.kind == "rshn" else 0
 
     def pairs(self, source: FrameSource) -> Iterator[PairEmbeddings]:
         """Yield the embeddings of pairs ⟨0, 1⟩ … ⟨T−2, T−1⟩ (⟨0, 0⟩ for T = 1) of ``source`` in order."""
@@ -476,6 +476,8 @@ class PlainRecurrence:
 
         self.model = model
         self.input_shape = layout.input_shape
+        #: Inputs whose hourglass-0 encoding was computed (:class:`EncodedRecurrence`; none here).
+        self.encodings = 0
         frame_spec, state_specs = _frame_spec(layout), _state_specs(model, layout)
 
         def step(frames: Any, states: Any) -> tuple[Any, Any]:
@@ -532,20 +534,16 @@ class EncodedRecurrence(PlainRecurrence):
         super().__init__(model, layout)
         frame_spec, state_specs = _frame_spec(layout), _state_specs(model, layout)
         encoded_specs = [(spec,) * 3 for spec in state_specs[0]]
-        normalized = model.normalized_embeddings
 
-        def first_step(frames: Any, encoded: Any) -> tuple[Any, Any]:
-            outputs, new_states = model.step_encoded(frames, encoded, None)
-            return normalized(outputs), new_states
-
-        def next_step(frames: Any, encoded: Any, states: Any) -> tuple[Any, Any]:
+        def step(frames: Any, encoded: Any, states: Any = None) -> tuple[Any, Any]:
             outputs, new_states = model.step_encoded(frames, encoded, states)
-            return normalized(outputs), new_states
+            return model.normalized_embeddings(outputs), new_states
 
         self._encode = tf.function(model.encode, input_signature=[frame_spec])
-        self._first = {
-            True: tf.function(first_step, input_signature=[frame_spec, encoded_specs]),
-            False: tf.function(lambda frames, encoded: model.advance_encoded(frames, encoded, None),
+        self._first = {  # states None = zeros: the first frame of a window
+            True: tf.function(lambda frames, encoded: step(frames, encoded),
+                              input_signature=[frame_spec, encoded_specs]),
+            False: tf.function(lambda frames, encoded: model.advance_encoded(frames, encoded),
                                input_signature=[frame_spec, encoded_specs]),
         }
         height, width = layout.input_shape
@@ -554,10 +552,9 @@ class EncodedRecurrence(PlainRecurrence):
         self.cache_bytes = layout.num_inputs * config.data.sequence_length * per_input
         self.reuse = self.cache_bytes <= config.inference.encoding_cache_mb * 2**20
         self._next = {
-            True: tf.function(next_step, input_signature=[frame_spec, encoded_specs, state_specs]),
+            True: tf.function(step, input_signature=[frame_spec, encoded_specs, state_specs]),
             False: tf.function(model.advance_encoded, input_signature=[frame_spec, encoded_specs, state_specs]),
         } if self.reuse else {}
-        self.encodings = 0
         self._cache: dict[tuple[int, int], Any] = {}
         log.info("hourglass-0 encodings %s across windows (%.0f MB for %d inputs x %d frames; "
                  "inference.encoding_cache_mb %d)", "reused" if self.reuse else "not reused", self.cache_bytes / 2**20,
