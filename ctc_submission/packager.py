@@ -61,7 +61,7 @@ from ctc_submission.sw_files import (
 from ctc_submission.writer import fresh_folder, swap_in
 from rshn_tf.config import Config, apply_overrides, preset_dir, save_config, validate
 from rshn_tf.errors import RshnError
-from rshn_tf.model_folder import WEIGHTS_FILES, ModelFolder, write_text_atomic
+from rshn_tf.model_folder import MODEL_INFO_FILE, WEIGHTS_FILES, ModelFolder, model_info, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ log = logging.getLogger(__name__)
 SEQUENCES = ("01", "02")
 #: The software folder of a submission.
 SW_DIR = "SW"
-#: Per-dataset facts the README is built from (weights, training, measured timing).
-MODEL_INFO_FILE = "model_info.json"
 #: The project's packages bundled in ``SW/src`` (``rshn_tf.presets`` is added from :func:`preset_dir`).
 BUNDLED_PACKAGES = ("rshn_tf", "data_io", "ctc_submission")
 #: Distribution name of the project.
@@ -275,7 +273,7 @@ def _build_sw(tmp: Path, sw_dir: Path, folder: ModelFolder, weights: str, config
     model.mkdir(parents=True)
     save_config(config, model / "config.yaml")
     shutil.copyfile(folder.weights_path(weights), model / WEIGHTS_FILES[weights])
-    _write_json(model / MODEL_INFO_FILE, _model_info(folder, weights))
+    _write_json(model / MODEL_INFO_FILE, model_info(folder, weights))
     for sequence in SEQUENCES:
         _write_executable(tmp / launcher_name(dataset, sequence), sw_files.launcher_script(dataset, sequence, weights))
     _write_executable(tmp / ENV_SCRIPT, sw_files.env_script())
@@ -295,19 +293,6 @@ def _build_sw(tmp: Path, sw_dir: Path, folder: ModelFolder, weights: str, config
             log.warning("%s: dropped, the requirements changed; package with --wheels again for an offline bundle",
                         sw_dir / WHEELS_DIR)
     _write_readme(tmp)
-
-
-def _model_info(folder: ModelFolder, weights: str) -> dict:
-    """Facts about the bundled model for the README (no paths); a model folder taken from a submission passes on
-    its own training facts."""
-    info: dict = {"weights": weights, "weights_file": WEIGHTS_FILES[weights], "rshn_tf_version": rshn_tf.__version__}
-    state = folder.read_state()
-    if state:
-        info["training"] = {key: state[key] for key in ("step", "iterations", "best_step", "finished")
-                            if key in state}
-    elif "training" in (bundled := _read_json(folder.root / MODEL_INFO_FILE)):
-        info["training"] = bundled["training"]
-    return info
 
 
 def _copy_code(src: Path) -> tuple[list[str], dict[str, list[str]]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -530,6 +531,82 @@ def load_sequence(dataset_dir: str | os.PathLike, seq: str | int, *, require_fra
                 num_frames, *sequence.shape, len(sequence.tracks), len(sequence.seg),
                 len(sequence.complete_seg_frames))
     return sequence
+
+
+def clip_tracks(tracks: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Track rows ``L B E P`` of the frames ``start … stop - 1``, renumbered from frame 0.
+
+    Tracks outside the range are dropped, the others clipped to it; a parent that ends before ``start`` is
+    dropped too, so its children get parent 0.
+
+    Args:
+        tracks: (N, 4) rows ``L B E P``.
+        start: First frame kept.
+        stop: One past the last frame kept.
+
+    Returns:
+        (M, 4) int64 rows, in the input order.
+    """
+    tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
+    kept = tracks[(tracks[:, 2] >= start) & (tracks[:, 1] < stop)].copy()
+    kept[:, 1] = np.maximum(kept[:, 1], start) - start
+    kept[:, 2] = np.minimum(kept[:, 2], stop - 1) - start
+    kept[~np.isin(kept[:, 3], kept[:, 0]), 3] = 0
+    return kept
+
+
+def write_time_window(dataset_dir: str | os.PathLike, seq: str | int, start: int, stop: int,
+                      out_dir: str | os.PathLike) -> Path:
+    """Write frames ``start … stop - 1`` of a sequence with their ground truth as a CTC dataset of their own.
+
+    ``OUT/SEQ/tNNN.tif`` (copies of the raw files), ``OUT/SEQ_GT/TRA`` (markers and :func:`clip_tracks`) and
+    ``OUT/SEQ_GT/SEG`` (the SEG files in the range), all renumbered from frame 0, so that a model trained on the
+    other frames (``data.train_frames``) can be predicted and scored on these like on a sequence it never saw. The
+    folder is written beside ``OUT`` under a temporary name and renamed into place.
+
+    Args:
+        dataset_dir: The dataset folder.
+        seq: The sequence (e.g. ``"01"``).
+        start: First frame written.
+        stop: One past the last frame written.
+        out_dir: Dataset folder to create (must not exist).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        RshnError: If the range is empty or leaves the sequence, ``out_dir`` exists, or the sequence cannot be loaded.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise RshnError(f"{out_dir}: already exists; remove it to write the frames {start}-{stop - 1} again")
+    sequence = load_sequence(dataset_dir, seq)
+    if not 0 <= start < stop <= sequence.num_frames:
+        raise RshnError(f"{Path(dataset_dir) / sequence.seq}: frames [{start}, {stop}) are not a non-empty range of "
+                        f"its {sequence.num_frames} frames")
+    if sequence.tra is None:
+        raise RshnError(f"{Path(dataset_dir) / (sequence.seq + '_GT') / 'TRA'}: tracking ground truth not found")
+    digits = sequence.digits
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        raw, tra, seg = tmp / sequence.seq, tmp / f"{sequence.seq}_GT" / "TRA", tmp / f"{sequence.seq}_GT" / "SEG"
+        for folder in (raw, tra):
+            folder.mkdir(parents=True)
+        for new, t in enumerate(range(start, stop)):
+            shutil.copyfile(sequence.frame_paths[t], raw / f"t{new:0{digits}d}.tif")
+            write_tiff(tra / f"man_track{new:0{digits}d}.tif", sequence.tra[t])
+        write_track_file(tra / "man_track.txt", clip_tracks(sequence.tracks, start, stop))
+        seg_frames = [t for t in sorted(sequence.seg) if start <= t < stop]
+        if seg_frames:
+            seg.mkdir(parents=True)
+        for t in seg_frames:
+            write_tiff(seg / f"man_seg{t - start:0{digits}d}.tif", sequence.seg[t])
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
 
 
 def load_result(res_dir: str | os.PathLike) -> Result:

@@ -203,22 +203,56 @@ class TrainingData:
 def load_training_video(dataset_dir: str | os.PathLike, seq: str, config: Config) -> TrainingVideo:
     """Load one CTC training sequence and preprocess it for sampling.
 
+    With ``data.silver_truth`` every frame without gold SEG takes the silver-truth masks; with
+    ``data.train_frames`` only that frame range is kept (see :class:`rshn_tf.config.DataConfig`).
+
     Raises:
-        RshnError: If the sequence is missing or has no tracking ground truth.
+        RshnError: If the sequence is missing, has no tracking ground truth, lacks the silver truth asked for, or
+            has fewer frames than ``data.train_frames`` needs.
     """
-    sequence = load_sequence(dataset_dir, seq)
+    data = config.data
+    sequence = load_sequence(dataset_dir, seq, load_silver=data.silver_truth)
+    gt_dir = Path(dataset_dir) / f"{sequence.seq}_GT"
     if sequence.merged is None:
-        raise RshnError(f"{Path(dataset_dir) / (sequence.seq + '_GT') / 'TRA'}: tracking ground truth is needed for "
-                        f"training (sequence {sequence.seq})")
-    frames, origin = preprocess_training_frames(sequence.frames, config.data)
+        raise RshnError(f"{gt_dir / 'TRA'}: tracking ground truth is needed for training (sequence {sequence.seq})")
+    labels = sequence.merged
     complete = np.zeros(sequence.num_frames, dtype=bool)
-    complete[sequence.seg_frames_with_coverage(config.data.complete_seg_min_coverage)] = True
+    complete[sequence.seg_frames_with_coverage(data.complete_seg_min_coverage)] = True
     seg = np.zeros(sequence.num_frames, dtype=bool)
     seg[list(sequence.seg)] = True
+    if data.silver_truth:
+        if not sequence.silver_seg:
+            raise RshnError(f"{Path(dataset_dir) / (sequence.seq + '_ST') / 'SEG'}: no silver truth found "
+                            f"(data.silver_truth is true)")
+        labels = labels.copy()
+        for t, silver in sequence.silver_seg.items():
+            if seg[t]:
+                continue
+            objects = silver > 0
+            labels[t][objects] = silver[objects]
+            seg[t] = True
+            complete[t] = silver_coverage(silver, sequence.tra[t]) >= data.complete_seg_min_coverage
+    frames = sequence.frames
+    if data.train_frames is not None:
+        start, stop = data.train_frames
+        if stop > sequence.num_frames:
+            raise RshnError(f"{Path(dataset_dir) / sequence.seq}: data.train_frames = [{start}, {stop}] needs "
+                            f"{stop} frames, the sequence has {sequence.num_frames}")
+        frames, labels, complete, seg = frames[start:stop], labels[start:stop], complete[start:stop], seg[start:stop]
+    frames, origin = preprocess_training_frames(frames, data)
     region = np.full(sequence.shape, _INSIDE, dtype=np.uint8)
-    region[annotated_region(sequence.shape, config.data.border_band)] = _ANNOTATED
+    region[annotated_region(sequence.shape, data.border_band)] = _ANNOTATED
     return TrainingVideo(name=f"{Path(dataset_dir).name}/{sequence.seq}", frames=frames, frame_origin=origin,
-                         labels=sequence.merged, complete=complete, seg=seg, region=region)
+                         labels=labels, complete=complete, seg=seg, region=region)
+
+
+def silver_coverage(silver: np.ndarray, markers: np.ndarray) -> float:
+    """Fraction of the TRA markers of a frame that carry a silver-truth object of their own id (1.0 without
+    markers); ``silver`` is relabelled to TRA ids (:func:`data_io.ctc.load_sequence`)."""
+    present = np.unique(markers[markers > 0])
+    if present.size == 0:
+        return 1.0
+    return float(np.isin(present, np.unique(silver[silver > 0])).mean())
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:

@@ -113,6 +113,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a model folder holding only the config, the chosen weights and the training facts."""
+    from rshn_tf.config import resolve_predict_config
+    from rshn_tf.model_folder import ModelFolder, export_model
+
+    config = resolve_predict_config(ModelFolder(args.model).read_config(), args.overrides)
+    out = export_model(args.model, args.out, weights=args.weights, config=config, overwrite=args.overwrite)
+    print(f"exported the {args.weights} weights of {args.model} to {out}")
+    return 0
+
+
 def cmd_postprocess(args: argparse.Namespace) -> int:
     """Cluster, merge, track and write CTC results from saved embeddings."""
     from rshn_tf.postprocess import run_postprocess
@@ -275,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also save the frame-pair embeddings (pair_NNN.npy, float32 (2, h, w, D) on the network grid) "
                         "for 'rshn postprocess'")
     p.add_argument("--weights", default="best", help="'best' (default), 'last' or a .weights.h5 file")
+    _add_set(p)
+
+    p = verb("export", cmd_export,
+             "copy a trained model for prediction and sharing: config.yaml, the chosen weights, model_info.json")
+    p.add_argument("--model", required=True, help="model folder written by 'rshn train'")
+    p.add_argument("--out", required=True, help="folder to write, e.g. models/DIC-C2DH-HeLa-cpu")
+    p.add_argument("--weights", choices=["best", "last"], default="last", help="which weights to keep")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     _add_set(p)
 
     p = verb("postprocess", cmd_postprocess,

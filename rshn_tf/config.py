@@ -82,6 +82,12 @@ class DataConfig:
             the others none (§4.2, "approximately every second mini-batch"). ``code``: the authors' id list, all
             frames once plus the SEG frames repeated to make up that fraction of the anchors (notes §4.7); more
             windows then contain a SEG frame (DIC-C2DH-HeLa: about 80 %).
+        train_frames: ``[start, stop]``: train only on frames start … stop - 1 of every training sequence (e.g. to
+            score a model on the later frames of a dataset with one annotated video); ``null`` = all frames.
+        silver_truth: Train on the CTC silver truth (``0X_ST/SEG``) too: every frame without gold SEG takes the
+            silver-truth masks (relabelled to the TRA ids), counts as a SEG frame and, at
+            ``complete_seg_min_coverage``, as completely segmented. The CTC allows silver truth as training data
+            ("GT+ST" submissions); the paper trains on the gold truth only, so off.
     """
 
     dataset: str = "custom"
@@ -104,6 +110,8 @@ class DataConfig:
     seg_sample_frames: Literal["complete", "any"] = "complete"
     worker_type: Literal["thread", "process"] = "thread"
     seg_sample_mode: Literal["paper", "code"] = "paper"
+    train_frames: Optional[list[int]] = None
+    silver_truth: bool = False
 
 
 @dataclass
@@ -237,6 +245,9 @@ class TrainingConfig:
         seed: Seed of every random choice in training (sampling, augmentation, initialisation).
         checkpoint_every: Iterations between checkpoints (model, optimiser, step, RNG state).
         max_checkpoints: Checkpoints kept on disk.
+        snapshot_every: Iterations between weight snapshots kept for good in ``snapshots/`` of the model folder
+            (``weights.NNNNNN.weights.h5``), e.g. to score the model along training; 0 = none (the code keeps a
+            snapshot every 10,000 iterations, notes §4.8).
         log_every: Iterations between TensorBoard scalar summaries.
         image_every: Iterations between TensorBoard embedding images (0 = none).
         validation_every: Iterations between validation-loss evaluations used to pick the ``best`` weights
@@ -263,6 +274,7 @@ class TrainingConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     max_checkpoints: int = 3
+    snapshot_every: int = 0
     log_every: int = 50
     image_every: int = 1000
     validation_every: int = 0
@@ -402,11 +414,14 @@ class ExperimentConfig:
     Attributes:
         mode: ``two_fold``: train on 01 and evaluate on 02, and the reverse (§5.2); ``train_all``: train one model on
             all ``data.train_sequences`` (§5.4) and evaluate on them; ``holdout``: train one model on
-            ``data.train_sequences`` and evaluate on ``test_sequences`` (the demo).
+            ``data.train_sequences`` and evaluate on ``test_sequences`` (the demo); ``time_split``: for a dataset
+            with one annotated video, train on frames 0 … ``split_frame`` - 1 of ``data.train_sequences`` and
+            evaluate on their later frames (written as sequences of their own, renumbered from 0).
         output_dir: Folder of the run (models, predictions, results.json/results.md).
         cv_iterations: Iterations of each cross-validation fold (code: 40,000, notes §4.8); ``train_all`` and
             ``holdout`` train for ``training.iterations``.
         test_sequences: ``holdout`` mode: the sequences that are predicted and evaluated.
+        split_frame: ``time_split`` mode: the first frame of the evaluated part (e.g. 60 of Fluo-N2DL-HeLa's 92).
         weights: Weights of the trained model used for prediction: ``last`` (the end of training, as the paper's
             code evaluates its folds at max_iter, notes §4.8) or ``best`` (lowest validation or smoothed training
             loss).
@@ -414,10 +429,11 @@ class ExperimentConfig:
         synthetic_size: ``rshn demo``: frame size (height, width) of the synthetic sequences (not a paper value).
     """
 
-    mode: Literal["two_fold", "train_all", "holdout"] = "two_fold"
+    mode: Literal["two_fold", "train_all", "holdout", "time_split"] = "two_fold"
     output_dir: str = "runs/experiment"
     cv_iterations: int = 40000
     test_sequences: list[str] = field(default_factory=list)
+    split_frame: int = 0
     weights: Literal["last", "best"] = "last"
     synthetic_frames: int = 40
     synthetic_size: list[int] = field(default_factory=lambda: [256, 256])
@@ -735,6 +751,22 @@ def save_config(config: Config, path: str | os.PathLike) -> Path:
     return path
 
 
+def resolve_predict_config(model_config: Config, overrides: typing.Sequence[str]) -> Config:
+    """The model folder's configuration with ``--set`` overrides applied; ``model.*`` may not change.
+
+    Raises:
+        RshnError: For an override of the ``model`` section (the weights belong to that network) or an invalid one.
+    """
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section == "model":
+            raise RshnError(f"--set {text}: 'model.*' keys describe the trained network and cannot be changed for "
+                            f"prediction; train a new model for another network")
+        apply_dict(model_config, {section: {key: value}}, f"--set {text}")
+    validate(model_config)
+    return model_config
+
+
 def validate(config: Config, source: str = "config") -> None:
     """Check value ranges and relations that types alone cannot express.
 
@@ -755,6 +787,9 @@ def validate(config: Config, source: str = "config") -> None:
         (0.0 <= config.data.complete_seg_min_coverage <= 1.0, "data.complete_seg_min_coverage", "in [0, 1]"),
         (config.data.border_band >= 0, "data.border_band", "non-negative"),
         (config.data.num_workers >= 0, "data.num_workers", "non-negative"),
+        (config.data.train_frames is None
+         or (len(config.data.train_frames) == 2 and 0 <= config.data.train_frames[0] < config.data.train_frames[1]),
+         "data.train_frames", "null or [start, stop] with 0 <= start < stop"),
         (config.model.levels >= 1, "model.levels", "at least 1"),
         (config.model.stacks >= 1, "model.stacks", "at least 1"),
         (config.model.filters >= 1, "model.filters", "at least 1"),
@@ -770,6 +805,7 @@ def validate(config: Config, source: str = "config") -> None:
         (config.training.batch_size >= 1, "training.batch_size", "at least 1"),
         (config.training.checkpoint_every >= 1, "training.checkpoint_every", "at least 1"),
         (config.training.max_checkpoints >= 1, "training.max_checkpoints", "at least 1"),
+        (config.training.snapshot_every >= 0, "training.snapshot_every", "non-negative (0 = no snapshots)"),
         (config.training.log_every >= 1, "training.log_every", "at least 1"),
         (config.training.image_every >= 0, "training.image_every", "non-negative (0 = no images)"),
         (config.training.validation_every >= 0, "training.validation_every", "non-negative (0 = no validation)"),
@@ -802,6 +838,8 @@ def validate(config: Config, source: str = "config") -> None:
         (config.tracking.min_track_length >= 1, "tracking.min_track_length", "at least 1"),
         (config.tracking.parent_search_frames >= 1, "tracking.parent_search_frames", "at least 1"),
         (config.experiment.cv_iterations >= 1, "experiment.cv_iterations", "at least 1"),
+        (config.experiment.mode != "time_split" or config.experiment.split_frame >= config.data.sequence_length,
+         "experiment.split_frame", "at least data.sequence_length in time_split mode (frames to train on)"),
         (config.experiment.synthetic_frames >= 2, "experiment.synthetic_frames", "at least 2"),
         (len(config.experiment.synthetic_size) == 2 and min(config.experiment.synthetic_size) >= 32,
          "experiment.synthetic_size", "two integers (height, width) of at least 32"),

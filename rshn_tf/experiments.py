@@ -20,7 +20,9 @@ Folds (``experiment.mode``): ``two_fold`` uses the two ``data.train_sequences`` 
 is evaluated on the second, ``fold2`` the reverse) and trains each fold for ``experiment.cv_iterations``
 (the code's 40,000, notes §4.8); ``train_all`` trains one model (``all``) for ``training.iterations`` and evaluates
 it on its own training sequences; ``holdout`` trains on ``data.train_sequences`` and evaluates on
-``experiment.test_sequences``.
+``experiment.test_sequences``; ``time_split`` trains on the frames before ``experiment.split_frame`` of
+``data.train_sequences`` and evaluates on the later ones, which a ``split[SEQ]`` step first writes as a dataset of
+their own (``OUT/time_split/data``, frames and ground truth renumbered from 0).
 
 Run folder::
 
@@ -28,6 +30,7 @@ Run folder::
     OUT/experiment.log                    one line per step run or skipped
     OUT/steps/*.json                      done-markers
     OUT/FOLD/model/                       model folder (config.yaml, weights, logs)
+    OUT/time_split/data/SEQ, SEQ_GT/      time_split mode: the evaluated frames as a CTC dataset
     OUT/FOLD/SEQ_RES/                     CTC result (maskNNN.tif, res_track.txt, config.yaml)
     OUT/FOLD/SEQ_scores.json              its scores
     OUT/FOLD/SEQ_embeddings/              pair_NNN.npy (only when there are variants)
@@ -62,7 +65,8 @@ VARIANT_SECTIONS = ("postprocessing", "tracking")
 #: Keys that may differ between a run folder's ``config.yaml`` and a re-run (paths, speed, bookkeeping).
 RERUN_MAY_CHANGE = frozenset({
     "data.dataset_dir", "data.num_workers", "data.prefetch", "data.worker_type",
-    "training.checkpoint_every", "training.max_checkpoints", "training.log_every", "training.image_every",
+    "training.checkpoint_every", "training.max_checkpoints", "training.snapshot_every", "training.log_every",
+    "training.image_every",
     "training.strategy", "inference.threads", "inference.batch_tiles", "inference.max_batch_tiles",
     "inference.encoded_steps", "inference.encoding_cache_mb", "inference.overlap_postprocessing",
     "experiment.output_dir",
@@ -366,6 +370,8 @@ def make_folds(config: Config) -> list[Fold]:
         return [Fold("fold1", (first,), (second,)), Fold("fold2", (second,), (first,))]
     if mode == "train_all":
         return [Fold("all", sequences, sequences)]
+    if mode == "time_split":
+        return [Fold("time_split", sequences, sequences)]
     tests = tuple(config.experiment.test_sequences)
     if not tests:
         raise RshnError("experiment.mode holdout needs experiment.test_sequences (e.g. [\"02\"])")
@@ -379,6 +385,8 @@ def fold_config(config: Config, fold: Fold) -> Config:
     result.data.train_sequences = list(fold.train)
     if config.experiment.mode == "two_fold":
         result.training.iterations = config.experiment.cv_iterations
+    if config.experiment.mode == "time_split":
+        result.data.train_frames = [0, config.experiment.split_frame]
     validate(result)
     return result
 
@@ -422,6 +430,13 @@ def check_dataset(config: Config, folds: Sequence[Fold]) -> Path:
         if not (root / f"{seq}_GT" / "TRA" / "man_track.txt").is_file():
             raise RshnError(f"{root / (seq + '_GT') / 'TRA' / 'man_track.txt'}: tracking ground truth not found; "
                             "training and evaluation need it")
+        if config.experiment.mode == "time_split":
+            from data_io.ctc import list_frames
+
+            frames = len(list_frames(root / seq).paths)
+            if config.experiment.split_frame >= frames:
+                raise RshnError(f"experiment.split_frame = {config.experiment.split_frame} leaves no frame of "
+                                f"{root / seq} ({frames} frames) to evaluate")
     return root
 
 
@@ -459,6 +474,12 @@ class Experiment:
 
     def embeddings_dir(self, fold: Fold, seq: str) -> Path:
         return self.root / fold.name / f"{seq}_embeddings"
+
+    def test_root(self, fold: Fold) -> Path:
+        """The dataset folder holding the test sequences of a fold (and their ground truth)."""
+        if self.config.experiment.mode == "time_split":
+            return self.root / fold.name / "data"
+        return Path(self.config.data.dataset_dir or ".")
 
 
 def experiment_plan(
@@ -506,18 +527,31 @@ def experiment_plan(
         train_name = f"train[{fold.name}]"
         predict_key = config_digest(train_config, _TRAIN_SECTIONS + ("inference", "postprocessing", "tracking",
                                                                       "experiment"))
+        test_root = experiment.test_root(fold)
         for seq in fold.test:
             where = f"{fold.name}/{seq}"
             embeddings = experiment.embeddings_dir(fold, seq) if variants else None
             predict_name = f"predict[{where}]"
+            predict_deps: tuple[str, ...] = (train_name,)
+            if config.experiment.mode == "time_split":
+                split_name = f"split[{where}]"
+                split = config.experiment.split_frame
+                steps.append(Step(
+                    name=split_name,
+                    description=f"write frames {split}- of {seq} with their ground truth -> {test_root}",
+                    action=_split_action(Path(config.data.dataset_dir or "."), seq, split, test_root),
+                    outputs=(test_root / seq, test_root / f"{seq}_GT"), deps=prior,
+                    key=config_digest(config, ("experiment",)),
+                ))
+                predict_deps += (split_name,)
             outputs = (experiment.result_dir(fold, seq),) + ((embeddings,) if embeddings else ())
             steps.append(Step(
                 name=predict_name,
                 description=f"predict {seq} -> {experiment.result_dir(fold, seq)}"
                             + (f" (+ embeddings {embeddings})" if embeddings else ""),
-                action=_predict_action(train_config, experiment.model_dir(fold), Path(config.data.dataset_dir or ".")
-                                       / seq, experiment.result_dir(fold, seq), embeddings),
-                outputs=outputs, deps=(train_name,), key=predict_key,
+                action=_predict_action(train_config, experiment.model_dir(fold), test_root / seq,
+                                       experiment.result_dir(fold, seq), embeddings),
+                outputs=outputs, deps=predict_deps, key=predict_key,
             ))
             evaluations.append(_add_evaluate(steps, experiment, fold, seq, None, predict_name, predict_key))
             for name, variant in variants.items():
@@ -531,8 +565,7 @@ def experiment_plan(
                     action = _copy_action(experiment.result_dir(fold, seq), target)
                 else:
                     description = f"cluster and track the embeddings of {seq} with variant {name} -> {target}"
-                    action = _postprocess_action(post_config, embeddings, Path(config.data.dataset_dir or ".") / seq,
-                                                 target)
+                    action = _postprocess_action(post_config, embeddings, test_root / seq, target)
                 steps.append(Step(name=post_name, description=description, action=action, outputs=(target,),
                                   deps=(predict_name,), key=post_key))
                 evaluations.append(_add_evaluate(steps, experiment, fold, seq, name, post_name, post_key))
@@ -550,7 +583,7 @@ def _add_evaluate(steps: list[Step], experiment: Experiment, fold: Fold, seq: st
                   producer: str, key: str) -> str:
     label = f"{variant}, {fold.name}/{seq}" if variant else f"{fold.name}/{seq}"
     name = f"evaluate[{label}]"
-    gt = Path(experiment.config.data.dataset_dir or ".") / f"{seq}_GT"
+    gt = experiment.test_root(fold) / f"{seq}_GT"
     res = experiment.result_dir(fold, seq, variant)
     scores = experiment.scores_path(fold, seq, variant)
     steps.append(Step(
@@ -576,6 +609,27 @@ def _train_action(config: Config, model_dir: Path, step_name: str) -> Callable[[
             raise StepInterrupted(step_name, result.signal_name or "a signal")
         return {"step": result.step, "iterations": result.iterations, "best_step": result.best_step,
                 "best_loss": result.best_loss, "resumed": resume}
+
+    return action
+
+
+def _split_action(dataset_dir: Path, seq: str, split: int, out_root: Path) -> Callable[[], dict]:
+    def action() -> dict:
+        from data_io.ctc import list_frames, write_time_window
+
+        num_frames = len(list_frames(dataset_dir / seq).paths)
+        if split >= num_frames:
+            raise RshnError(f"experiment.split_frame = {split} leaves no frame of {dataset_dir / seq} "
+                            f"({num_frames} frames) to evaluate")
+        tmp = out_root.with_name(f".{out_root.name}.{seq}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_time_window(dataset_dir, seq, split, num_frames, tmp)
+        out_root.mkdir(parents=True, exist_ok=True)
+        for name in (seq, f"{seq}_GT"):
+            shutil.rmtree(out_root / name, ignore_errors=True)
+            os.replace(tmp / name, out_root / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return {"frames": [split, num_frames]}
 
     return action
 

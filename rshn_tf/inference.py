@@ -60,7 +60,7 @@ import numpy as np
 from ctc_submission.writer import check_result_target
 from data_io.ctc import list_frames, read_frame
 from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
-from rshn_tf.config import Config, DataConfig, apply_dict, parse_override, save_config, validate
+from rshn_tf.config import Config, DataConfig, resolve_predict_config, save_config
 from rshn_tf.errors import RshnError
 from rshn_tf.postprocess import PostProcessor
 from rshn_tf.tiling import TileGrid, extract_tiles, tile_grid
@@ -613,22 +613,6 @@ def embed_pairs(model: Any, config: Config, source: FrameSource) -> Iterator[Pai
 
 # --------------------------------------------------------------------------------------------------------------
 # Configuration, threads, saving
-
-
-def resolve_predict_config(model_config: Config, overrides: Sequence[str]) -> Config:
-    """The model folder's configuration with ``--set`` overrides applied; ``model.*`` may not change.
-
-    Raises:
-        RshnError: For an override of the ``model`` section (the weights belong to that network) or an invalid one.
-    """
-    for text in overrides:
-        section, key, value = parse_override(text)
-        if section == "model":
-            raise RshnError(f"--set {text}: 'model.*' keys describe the trained network and cannot be changed for "
-                            f"prediction; train a new model for another network")
-        apply_dict(model_config, {section: {key: value}}, f"--set {text}")
-    validate(model_config)
-    return model_config
 
 
 def available_cores() -> int:

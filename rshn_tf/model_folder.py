@@ -7,6 +7,7 @@ Layout (``docs``: architecture, "A model folder")::
       checkpoints/                 tf.train.CheckpointManager: model, optimizer, step, data-stream position, best
       weights.best.weights.h5      weights with the lowest validation (or smoothed training) loss
       weights.last.weights.h5      weights of the latest checkpoint / the end of training
+      snapshots/                   weights.NNNNNN.weights.h5 every training.snapshot_every iterations (optional)
       training_state.json          progress summary: step, iterations, finished, interrupted, best step and loss
       logs/                        TensorBoard events, losses.csv (one row per iteration), validation.csv
 
@@ -16,8 +17,10 @@ arguments, for ``rshn predict`` and the submission packager.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +34,12 @@ from rshn_tf.errors import RshnError
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
+SNAPSHOT_DIR = "snapshots"
 STATE_FILE = "training_state.json"
 LOSSES_FILE = "losses.csv"
 VALIDATION_FILE = "validation.csv"
+#: Facts about an exported model's training (``rshn export``, ``rshn package``).
+MODEL_INFO_FILE = "model_info.json"
 #: Exported weights by name (Keras requires the ``.weights.h5`` suffix).
 WEIGHTS_FILES = {"best": "weights.best.weights.h5", "last": "weights.last.weights.h5"}
 
@@ -56,6 +62,24 @@ class ModelFolder:
     def checkpoint_dir(self) -> Path:
         """Folder of the ``tf.train.CheckpointManager``."""
         return self.root / CHECKPOINT_DIR
+
+    @property
+    def snapshot_dir(self) -> Path:
+        """Folder of the weight snapshots (``training.snapshot_every``)."""
+        return self.root / SNAPSHOT_DIR
+
+    def snapshot_path(self, step: int) -> Path:
+        """Path of the weight snapshot taken after iteration ``step``."""
+        return self.snapshot_dir / f"weights.{step:06d}.weights.h5"
+
+    def snapshots(self) -> dict[int, Path]:
+        """The weight snapshots present, by iteration, in increasing order."""
+        found = {}
+        for path in self.snapshot_dir.glob("weights.*.weights.h5"):
+            middle = path.name[len("weights."):-len(".weights.h5")]
+            if middle.isdigit():
+                found[int(middle)] = path
+        return dict(sorted(found.items()))
 
     @property
     def log_dir(self) -> Path:
@@ -126,6 +150,71 @@ class ModelFolder:
     def write_state(self, state: dict[str, Any]) -> None:
         """Write ``training_state.json`` atomically."""
         write_text_atomic(self.state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def model_info(folder: ModelFolder, weights: str) -> dict[str, Any]:
+    """Facts about a model for an exported copy (no paths): the weights chosen, the rshn-tf version and the training
+    progress; a folder that is itself an export passes on its own training facts."""
+    import rshn_tf
+
+    info: dict[str, Any] = {"weights": weights, "weights_file": WEIGHTS_FILES[weights],
+                            "rshn_tf_version": rshn_tf.__version__}
+    state = folder.read_state()
+    info_path = folder.root / MODEL_INFO_FILE
+    if state:
+        info["training"] = {key: state[key] for key in ("step", "iterations", "best_step", "finished")
+                            if key in state}
+    elif info_path.is_file():
+        try:
+            bundled = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RshnError(f"{info_path}: cannot be read ({exc})") from exc
+        if "training" in bundled:
+            info["training"] = bundled["training"]
+    return info
+
+
+def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, weights: str = "last",
+                 config: Optional[Config] = None, overwrite: bool = False) -> Path:
+    """Write a self-contained copy of a model folder for predicting and sharing: ``config.yaml`` (without the
+    training-data path), the chosen weights under their usual name and ``model_info.json``; no checkpoints, logs or
+    snapshots. The folder is written under a temporary name beside ``out_dir`` and renamed into place.
+
+    Args:
+        model_dir: A model folder written by ``rshn train``.
+        out_dir: Folder to create.
+        weights: ``best`` or ``last``.
+        config: The configuration to save instead of the folder's own (e.g. with changed post-processing).
+        overwrite: Replace an existing ``out_dir``.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        RshnError: If the weights are missing, or ``out_dir`` exists and ``overwrite`` is false.
+    """
+    folder, out_dir = ModelFolder(model_dir), Path(out_dir)
+    config = copy.deepcopy(config if config is not None else folder.read_config())
+    source = folder.weights_path(weights)
+    if not source.is_file():
+        raise RshnError(f"{source}: missing ({weights} weights of model folder {folder.root})")
+    if out_dir.exists() and not overwrite:
+        raise RshnError(f"{out_dir}: already exists; choose another folder or replace it with --overwrite")
+    config.data.dataset_dir = None
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        save_config(config, tmp / CONFIG_FILE)
+        shutil.copyfile(source, tmp / WEIGHTS_FILES[weights])
+        write_text_atomic(tmp / MODEL_INFO_FILE, json.dumps(model_info(folder, weights), indent=2,
+                                                            sort_keys=True) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -71,8 +71,8 @@ TRAINING_SECTIONS = ("data", "model", "augmentation", "loss", "training")
 #: Keys that may change on ``--resume`` because they do not change the updates (paths, speed, bookkeeping).
 RESUME_MAY_CHANGE = frozenset({
     "data.dataset_dir", "data.num_workers", "data.prefetch", "data.worker_type",
-    "training.checkpoint_every", "training.max_checkpoints", "training.log_every", "training.image_every",
-    "training.strategy",
+    "training.checkpoint_every", "training.max_checkpoints", "training.snapshot_every", "training.log_every",
+    "training.image_every", "training.strategy",
 })
 
 _SUM = tf.distribute.ReduceOp.SUM
@@ -645,6 +645,8 @@ class _Loop:
         if self.validation_fn is not None and training.validation_every > 0 and (
                 step % training.validation_every == 0 or last):
             self._validate(step)
+        if self.chief and training.snapshot_every > 0 and step % training.snapshot_every == 0:
+            save_weights_atomic(self.model, self.folder.snapshot_path(step))
         if step % training.checkpoint_every == 0 or last:
             if training.validation_every == 0:
                 self._update_best_from_window(step)

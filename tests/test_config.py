@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -165,3 +166,23 @@ def test_every_key_is_documented():
         cls = section.default_factory().__class__
         for f in dataclasses.fields(cls):
             assert f"{f.name}:" in cls.__doc__, f"{cls.__name__}.{f.name} is not documented"
+
+
+@pytest.mark.parametrize("value", ["[5, 5]", "[-1, 3]", "[1]", "[6, 2]", "[0, 2, 4]"])
+def test_train_frames_must_be_a_non_empty_start_stop_pair(value):
+    pattern = (rf"key 'data\.train_frames' must be null or \[start, stop\] with 0 <= start < stop, got "
+               rf"{re.escape(value)}")
+    with pytest.raises(RshnError, match=pattern):
+        load_config(None, [f"data.train_frames={value}"])
+
+
+def test_train_frames_snapshots_and_silver_truth_default_off_and_accept_valid_values():
+    assert Config().data.train_frames is None and Config().data.silver_truth is False
+    assert Config().training.snapshot_every == 0
+    config = load_config(None, ["data.train_frames=[0, 3]", "data.silver_truth=true", "training.snapshot_every=5"])
+    assert config.data.train_frames == [0, 3] and config.data.silver_truth
+    assert config.training.snapshot_every == 5
+    assert load_config(None, ["data.train_frames=null"]).data.train_frames is None
+    with pytest.raises(RshnError, match=r"key 'training\.snapshot_every' must be non-negative \(0 = no snapshots\), "
+                                        r"got -1"):
+        load_config(None, ["training.snapshot_every=-1"])

@@ -12,6 +12,7 @@ import pytest
 from data_io.ctc import (
     MergeIssue,
     check_tracks,
+    clip_tracks,
     list_sequences,
     load_frames,
     load_result,
@@ -20,6 +21,7 @@ from data_io.ctc import (
     read_tiff,
     read_track_file,
     write_tiff,
+    write_time_window,
     write_track_file,
 )
 from rshn_tf.errors import RshnError
@@ -426,6 +428,142 @@ def test_check_tracks_rejects_non_positive_labels(tmp_path):
     with pytest.raises(RshnError, match=r"track row '2 -1 1 0' has first frame B = -1, which must be >= 0$"):
         check_tracks(np.array([[2, -1, 1, 0]]), tmp_path / "x.txt")
     check_tracks(np.zeros((0, 4), dtype=np.int64), tmp_path / "x.txt", num_frames=3)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Time windows: clip_tracks and write_time_window
+# ------------------------------------------------------------------------------------------------------------------
+
+# Ten frames; the window used below is frames 3 ... 6 (start 3, stop 7).
+WINDOW_TRACKS = np.array([
+    [1, 0, 2, 0],  # entirely before the window: dropped
+    [2, 7, 9, 0],  # begins at stop: dropped
+    [3, 1, 4, 0],  # crosses start: B clipped to 3
+    [4, 5, 9, 3],  # crosses stop (E clipped to 6); its parent 3 is in the window: kept
+    [5, 3, 6, 1],  # exactly the window; its parent 1 ended before start: parent 0
+    [6, 2, 8, 0],  # crosses both ends
+    [7, 8, 8, 0],  # entirely after the window: dropped
+    [8, 0, 3, 0],  # ends at start: one frame left
+    [9, 6, 6, 8],  # begins at stop - 1; its parent 8 ends at start and is kept
+], dtype=np.int64)
+# By hand: B' = max(B, 3) - 3, E' = min(E, 6) - 3, in the input order.
+WINDOW_EXPECTED = np.array([[3, 0, 1, 0], [4, 2, 3, 3], [5, 0, 3, 0], [6, 0, 3, 0], [8, 0, 0, 0], [9, 3, 3, 8]])
+WINDOW_SEG_FRAMES = (1, 4, 6, 8)
+WH, WW = 16, 20
+
+
+def _window_marker(label: int) -> tuple[int, int]:
+    """Top-left corner of the 2x2 TRA marker of track ``label`` (a 3 x 4 grid, 5 px apart)."""
+    return 1 + 5 * ((label - 1) // 4), 1 + 5 * ((label - 1) % 4)
+
+
+def _write_window_dataset(root: Path) -> Path:
+    """Write ``root/DS/01``: ten random uint8 frames, TRA markers of WINDOW_TRACKS and SEG on WINDOW_SEG_FRAMES.
+
+    Every SEG object is the 4x4 square around one alive marker, labelled 20 + track (frame 8 leaves track 4 out).
+    """
+    rng = np.random.default_rng(7)
+    frames = rng.integers(0, 255, size=(10, WH, WW), dtype=np.uint8)
+    tra = np.zeros((10, WH, WW), dtype=np.uint16)
+    seg = {t: np.zeros((WH, WW), dtype=np.uint16) for t in WINDOW_SEG_FRAMES}
+    for label, begin, end, _ in WINDOW_TRACKS:
+        y, x = _window_marker(int(label))
+        tra[begin:end + 1, y:y + 2, x:x + 2] = label
+        for t, mask in seg.items():
+            if begin <= t <= end and (t, label) != (8, 4):
+                mask[y - 1:y + 3, x - 1:x + 3] = 20 + label
+    dataset = root / "DS"
+    _write_series(dataset / "01", "t", frames)
+    _write_series(dataset / "01_GT" / "TRA", "man_track", tra)
+    write_track_file(dataset / "01_GT" / "TRA" / "man_track.txt", WINDOW_TRACKS)
+    (dataset / "01_GT" / "SEG").mkdir()
+    for t, mask in seg.items():
+        write_tiff(dataset / "01_GT" / "SEG" / f"man_seg{t:03d}.tif", mask)
+    return dataset
+
+
+def test_clip_tracks_drops_clips_and_orphans_by_hand():
+    clipped = clip_tracks(WINDOW_TRACKS, 3, 7)
+    assert clipped.dtype == np.int64 and np.array_equal(clipped, WINDOW_EXPECTED)
+    assert np.array_equal(clip_tracks(WINDOW_TRACKS, 0, 10), WINDOW_TRACKS)  # the whole sequence: unchanged
+    # frames 7 ... 9: track 4 lost its parent 3 (ends at 4), track 2 begins at 0, track 7 is frame 1 only
+    assert np.array_equal(clip_tracks(WINDOW_TRACKS, 7, 10), [[2, 0, 2, 0], [4, 0, 2, 0], [6, 0, 1, 0],
+                                                               [7, 1, 1, 0]])
+    assert clip_tracks(np.zeros((0, 4)), 0, 5).shape == (0, 4)
+    assert clip_tracks([[1, 0, 2, 0]], 3, 5).shape == (0, 4)
+
+
+def test_write_time_window_copies_frames_and_renumbers_ground_truth(tmp_path):
+    dataset = _write_window_dataset(tmp_path / "src")
+    out = tmp_path / "cut" / "W"
+    assert write_time_window(dataset, "01", 3, 7, out) == out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["W"]  # no temporary folder left
+    assert sorted(p.name for p in out.iterdir()) == ["01", "01_GT"]
+    source = load_sequence(dataset, "01")
+    window = load_sequence(out, "01")
+    assert window.num_frames == 4 and window.digits == 3 and window.shape == (WH, WW)
+    assert [p.name for p in window.frame_paths] == ["t000.tif", "t001.tif", "t002.tif", "t003.tif"]
+    for new, path in enumerate(window.frame_paths):
+        assert path.read_bytes() == (dataset / "01" / f"t{3 + new:03d}.tif").read_bytes()
+    assert np.array_equal(window.frames, source.frames[3:7])
+    assert np.array_equal(window.tra, source.tra[3:7])
+    assert np.array_equal(window.tracks, WINDOW_EXPECTED)
+    # SEG frames 4 and 6 of the source become 1 and 3; 1 and 8 are outside
+    assert sorted(p.name for p in (out / "01_GT" / "SEG").iterdir()) == ["man_seg001.tif", "man_seg003.tif"]
+    assert sorted(window.seg) == [1, 3]
+    assert np.array_equal(window.seg[1], source.seg[4]) and np.array_equal(window.seg[3], source.seg[6])
+    assert np.array_equal(window.merged, source.merged[3:7]) and window.merge_issues == []
+    assert window.complete_seg_frames == [1, 3]
+
+
+def test_write_time_window_without_seg_frames_writes_no_seg_folder(tmp_path):
+    dataset = _write_window_dataset(tmp_path / "src")
+    out = write_time_window(dataset, 1, 9, 10, tmp_path / "last")
+    assert not (out / "01_GT" / "SEG").exists()
+    window = load_sequence(out, "01")
+    assert window.num_frames == 1 and window.seg == {}
+    assert np.array_equal(window.tracks, [[2, 0, 0, 0], [4, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("start, stop", [(5, 5), (6, 4), (-1, 3), (8, 11)])
+def test_write_time_window_rejects_an_empty_or_outside_range(tmp_path, start, stop):
+    dataset = _write_window_dataset(tmp_path / "src")
+    out = tmp_path / "cut" / "W"
+    out.parent.mkdir()
+    with pytest.raises(RshnError, match=rf"DS/01: frames \[{start}, {stop}\) are not a non-empty range of its 10 "
+                                        r"frames$"):
+        write_time_window(dataset, "01", start, stop, out)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_write_time_window_refuses_an_existing_folder_and_missing_tracks(tmp_path):
+    dataset = _write_window_dataset(tmp_path / "src")
+    out = tmp_path / "cut" / "W"
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(RshnError, match=r"cut/W: already exists; remove it to write the frames 3-6 again$"):
+        write_time_window(dataset, "01", 3, 7, out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["W"] and (out / "keep.txt").read_text() == "mine"
+    shutil.rmtree(dataset / "01_GT")
+    with pytest.raises(RshnError, match=r"DS/01_GT/TRA: tracking ground truth not found$"):
+        write_time_window(dataset, "01", 3, 7, tmp_path / "cut" / "V")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["W"]
+
+
+def test_write_time_window_failing_midway_leaves_nothing(tmp_path, monkeypatch):
+    import data_io.ctc
+
+    dataset = _write_window_dataset(tmp_path / "src")
+    out = tmp_path / "cut" / "W"
+    out.parent.mkdir()
+
+    def failing_write(path, tracks):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data_io.ctc, "write_track_file", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        write_time_window(dataset, "01", 3, 7, out)
+    assert list(out.parent.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------------------------------

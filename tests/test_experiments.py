@@ -21,6 +21,7 @@ from rshn_tf.experiments import (
     Step,
     changed_keys,
     experiment_plan,
+    fold_config,
     load_experiment_config,
     make_folds,
     marker_name,
@@ -178,6 +179,115 @@ def test_plan_skips_done_steps_and_reruns_what_depends_on_a_rerun_step(tmp_path)
     assert not (tmp_path / "steps" / "d.json").exists()
     with pytest.raises(ValueError, match="do not come before it"):
         Plan(tmp_path, [Step("x", "", make("x"), deps=("y",)), Step("y", "", make("y"))])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# experiment.mode time_split
+
+TIME_SPLIT = ["experiment.mode=time_split", "experiment.split_frame=60", 'data.train_sequences=["01"]']
+
+
+def test_time_split_plan_splits_before_predicting_and_scores_the_split_data(tmp_path, monkeypatch):
+    import rshn_tf.experiments as experiments
+
+    config = load_experiment_config("DIC-C2DH-HeLa", overrides=TIME_SPLIT, data="/nowhere")
+    out = tmp_path / "out"
+    experiment = experiment_plan(config, out)
+    steps = {step.name: step for step in experiment.plan.steps}
+    assert [step.name for step in experiment.plan.steps] == [
+        "train[time_split]", "split[time_split/01]", "predict[time_split/01]", "evaluate[time_split/01]", "report"]
+    [fold] = experiment.folds
+    assert (fold.name, fold.train, fold.test) == ("time_split", ("01",), ("01",))
+    data = out / "time_split" / "data"
+    assert experiment.test_root(fold) == data
+    # the model trains on frames 0-59 for training.iterations (not the cross-validation budget)
+    trained = fold_config(config, fold)
+    assert trained.data.train_frames == [0, 60] and config.data.train_frames is None
+    assert trained.training.iterations == config.training.iterations == 60000
+    assert "for 60000 iterations" in steps["train[time_split]"].description
+    split = steps["split[time_split/01]"]
+    assert split.outputs == (data / "01", data / "01_GT") and split.deps == ()
+    assert "write frames 60- of 01" in split.description
+    assert steps["predict[time_split/01]"].deps == ("train[time_split]", "split[time_split/01]")
+    assert steps["evaluate[time_split/01]"].description.endswith(
+        f"{out / 'time_split' / '01_RES'} against {data / '01_GT'} -> 01_scores.json")
+    calls = []
+    monkeypatch.setattr(experiments, "predict_into", lambda *args, **kwargs: calls.append((args, kwargs)) or {})
+    steps["predict[time_split/01]"].action()
+    assert calls == [((out / "time_split" / "model", data / "01", out / "time_split" / "01_RES", None),
+                      {"weights": "last"})]
+    assert not out.exists()  # laying out the plan writes nothing
+
+
+def test_time_split_dry_run_lists_the_split_step(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["experiment", "DIC-C2DH-HeLa", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--dry-run"]
+    assert main([*args, *(item for override in TIME_SPLIT for item in ("--set", override))]) == 0
+    listing = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("[todo]")]
+    assert [line.split()[1] for line in listing] == [
+        "train[time_split]", "split[time_split/01]", "predict[time_split/01]", "evaluate[time_split/01]", "report"]
+    assert not out.exists()
+
+
+def test_time_split_folds_use_every_training_sequence():
+    config = Config()
+    config.experiment.mode = "time_split"
+    config.experiment.split_frame = 40
+    assert [(f.name, f.train, f.test) for f in make_folds(config)] == [("time_split", ("01", "02"), ("01", "02"))]
+    experiment = experiment_plan(config, "/tmp/unused")
+    assert [step.name for step in experiment.plan.steps] == [
+        "train[time_split]", "split[time_split/01]", "predict[time_split/01]", "evaluate[time_split/01]",
+        "split[time_split/02]", "predict[time_split/02]", "evaluate[time_split/02]", "report"]
+    # the other modes predict and score the dataset folder itself
+    config.experiment.mode = "train_all"
+    config.data.dataset_dir = "/data/DS"
+    experiment = experiment_plan(config, "/tmp/unused")
+    assert experiment.test_root(experiment.folds[0]) == Path("/data/DS")
+    assert fold_config(config, experiment.folds[0]).data.train_frames is None
+
+
+@pytest.mark.parametrize("split_frame", [0, 7])
+def test_time_split_needs_a_split_frame_of_at_least_one_window(split_frame):
+    overrides = ["experiment.mode=time_split", f"experiment.split_frame={split_frame}"]
+    with pytest.raises(RshnError, match=rf"key 'experiment\.split_frame' must be at least data\.sequence_length in "
+                                        rf"time_split mode \(frames to train on\), got {split_frame}$"):
+        load_experiment_config("DIC-C2DH-HeLa", overrides=overrides)
+    assert load_experiment_config("DIC-C2DH-HeLa", overrides=[overrides[0], "experiment.split_frame=8"])
+    assert load_experiment_config("DIC-C2DH-HeLa", overrides=[f"experiment.split_frame={split_frame}"])  # two_fold
+
+
+def test_time_split_step_writes_the_later_frames_as_a_dataset(tmp_path, synthetic_dataset):
+    import numpy as np
+
+    from data_io.ctc import clip_tracks, load_sequence
+
+    config = Config()
+    config.data.dataset_dir = str(synthetic_dataset)
+    config.data.train_sequences = ["01"]
+    config.data.sequence_length = 3
+    config.experiment.mode = "time_split"
+    config.experiment.split_frame = 16
+    out = tmp_path / "out"
+    experiment = experiment_plan(config, out)
+    split = next(step for step in experiment.plan.steps if step.name == "split[time_split/01]")
+    assert split.action() == {"frames": [16, 24]}
+    data = out / "time_split" / "data"
+    assert sorted(p.name for p in (out / "time_split").iterdir()) == ["data"]  # no temporary folder left
+    assert sorted(p.name for p in data.iterdir()) == ["01", "01_GT"]
+    source, window = load_sequence(synthetic_dataset, "01"), load_sequence(data, "01")
+    assert window.num_frames == 8 and np.array_equal(window.frames, source.frames[16:])
+    assert np.array_equal(window.tra, source.tra[16:])
+    assert np.array_equal(window.tracks, clip_tracks(source.tracks, 16, 24))
+    assert sorted(window.seg) == [t - 16 for t in sorted(source.seg) if t >= 16]
+    split.action()  # running it again replaces the folders
+    assert sorted(p.name for p in (out / "time_split").iterdir()) == ["data"]
+    assert len(list((data / "01").glob("t*.tif"))) == 8
+    config.experiment.split_frame = 24  # validates (>= sequence_length) but leaves no frame to evaluate
+    late = next(step for step in experiment_plan(config, tmp_path / "late").plan.steps if step.name.startswith("split"))
+    with pytest.raises(RshnError, match=r"experiment\.split_frame = 24 leaves no frame of .*Synthetic/01 "
+                                        r"\(24 frames\) to evaluate$"):
+        late.action()
+    assert not (tmp_path / "late").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -414,6 +524,33 @@ def test_variants_reuse_the_saved_embeddings_of_the_same_network(tiny_run):
     direct = _ctc_metrics_directly(variant_out / "fold2" / "variants" / "h0.3" / "01_RES", data / "01_GT")
     row = variants["h0.3"]["folds"][1]
     assert row["test"] == "01" and row["SEG"] == pytest.approx(direct["SEG"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_time_split_experiment_end_to_end(tmp_path, synthetic_dataset, capsys):
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(TINY_YAML)
+    out = tmp_path / "run"
+    args = ["experiment", str(config_path), "--data", str(synthetic_dataset), "--out", str(out),
+            "--set", "experiment.mode=time_split", "--set", "experiment.split_frame=16",
+            "--set", 'data.train_sequences=["01"]', "--set", "training.iterations=100"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "time_split" and results["iterations"] == 100
+    [row] = results["folds"]
+    assert (row["fold"], row["train"], row["test"]) == ("time_split", ["01"], "01")
+    gt = out / "time_split" / "data" / "01_GT"
+    assert len(list((gt / "TRA").glob("man_track*.tif"))) == 24 - 16
+    assert len(list((out / "time_split" / "data" / "01").glob("t*.tif"))) == 24 - 16
+    assert len(list((out / "time_split" / "01_RES").glob("mask*.tif"))) == 24 - 16
+    direct = _ctc_metrics_directly(out / "time_split" / "01_RES", gt)  # scored against the later frames only
+    for metric in ("SEG", "TRA", "DET"):
+        assert row[metric] == pytest.approx(direct[metric], abs=1e-12), metric
+    model_config = load_config(out / "time_split" / "model" / "config.yaml")
+    assert model_config.data.train_frames == [0, 16] and model_config.training.iterations == 100
+    capsys.readouterr()
+    assert main(args) == 0  # every step, the split included, is done
+    assert f"{out}: 0 steps ran" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from data_io.augment import AugmentationParams, identity_params, sample_params
 from data_io.preprocess import preprocess_frame, to_network_grid
-from data_io.sampling import TrainingData, make_sample, render_sample
+from data_io.sampling import TrainingData, load_training_video, make_sample, render_sample, silver_coverage
 from data_io.stream import SampleStream
 from data_io.targets import TARGET_KEYS, expand_targets
 from rshn_tf.cli import main
-from rshn_tf.config import load_config
+from rshn_tf.config import Config, load_config
 from rshn_tf.errors import RshnError
 from tests.cases import moving_disks, reference_neighbours, small_config, training_data, training_video
 
@@ -245,6 +246,126 @@ def test_fluo_hela_samples_take_a_subset_of_31_instances(ctc_dataset):
     assert arrays["background_mask"][3].any() and not arrays["background_mask"][0].any()  # frame 52 is complete
     assert all(arrays["instance_masks"][slot].any() for slot in range(31))
     assert all(arrays["neighbour_masks"][slot].sum() < arrays["foreground_mask"][3].sum() for slot in range(31))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data.train_frames and data.silver_truth (load_training_video); the synthetic dataset has 0X_ST/SEG on every frame
+
+
+def _video_config(**data: object) -> Config:
+    """The default configuration with ``data`` keys changed (load_training_video reads only the data section)."""
+    config = Config()
+    for key, value in data.items():
+        setattr(config.data, key, value)
+    return config
+
+
+def _assert_same_video(video, expected, frames: slice = slice(None)) -> None:
+    """``video`` equals ``expected`` restricted to ``frames``: frames, labels, complete and SEG flags, region."""
+    np.testing.assert_array_equal(video.frames, expected.frames[frames])
+    np.testing.assert_array_equal(video.labels, expected.labels[frames])
+    np.testing.assert_array_equal(video.complete, expected.complete[frames])
+    np.testing.assert_array_equal(video.seg, expected.seg[frames])
+    np.testing.assert_array_equal(video.region, expected.region)
+    assert video.frame_origin == expected.frame_origin and video.name == expected.name
+
+
+def test_train_frames_keep_exactly_the_frame_range(synthetic_dataset):
+    full = load_training_video(synthetic_dataset, "01", _video_config())
+    assert full.num_frames == 24
+    cut = load_training_video(synthetic_dataset, "01", _video_config(train_frames=[5, 17]))
+    assert cut.num_frames == 12 and cut.labels.shape == (12, 128, 128)
+    _assert_same_video(cut, full, slice(5, 17))
+    assert cut.complete.any() and cut.seg.any()  # the range holds SEG frames, so the slices are not trivially empty
+    _assert_same_video(load_training_video(synthetic_dataset, "01", _video_config(train_frames=[0, 24])), full)
+    # with the silver truth too: filled first, then cut
+    silver = load_training_video(synthetic_dataset, "01", _video_config(silver_truth=True))
+    both = load_training_video(synthetic_dataset, "01", _video_config(silver_truth=True, train_frames=[20, 24]))
+    _assert_same_video(both, silver, slice(20, 24))
+    data = TrainingData.from_config(_video_config(train_frames=[2, 10], train_sequences=["01", "02"]),
+                                    synthetic_dataset)
+    assert [video.num_frames for video in data.videos] == [8, 8]
+
+
+def test_train_frames_beyond_the_sequence_name_it(synthetic_dataset):
+    with pytest.raises(RshnError, match=r"Synthetic/02: data\.train_frames = \[3, 25\] needs 25 frames, the "
+                                        r"sequence has 24$"):
+        load_training_video(synthetic_dataset, "02", _video_config(train_frames=[3, 25]))
+
+
+def test_silver_coverage_by_hand():
+    markers = np.zeros((4, 6), np.uint16)
+    markers[0, 0], markers[0, 3], markers[3, 5] = 1, 2, 3
+    silver = np.zeros_like(markers)
+    silver[0:2, 0:2] = 1
+    silver[2:4, 4:6] = 3
+    silver[2:4, 0:2] = 7  # an object without a marker does not count
+    assert silver_coverage(silver, markers) == pytest.approx(2 / 3)  # markers 1 and 3 of 1, 2, 3
+    silver[0:2, 2:4] = 2
+    assert silver_coverage(silver, markers) == 1.0
+    assert silver_coverage(np.zeros_like(markers), markers) == 0.0
+    assert silver_coverage(silver, np.zeros_like(markers)) == 1.0  # no markers: nothing is missing
+
+
+def test_silver_truth_fills_the_frames_without_gold_seg(synthetic_dataset):
+    from data_io.ctc import load_sequence, read_tiff
+
+    gold = load_training_video(synthetic_dataset, "01", _video_config())
+    silver = load_training_video(synthetic_dataset, "01", _video_config(silver_truth=True))
+    sequence = load_sequence(synthetic_dataset, "01")
+    gold_frames = sorted(sequence.seg)
+    assert 0 < len(gold_frames) < 24
+    np.testing.assert_array_equal(silver.frames, gold.frames)
+    assert silver.seg.all()
+    for t in range(24):
+        if t in gold_frames:
+            np.testing.assert_array_equal(silver.labels[t], gold.labels[t], err_msg=f"frame {t}")
+            assert silver.complete[t] == gold.complete[t]
+            continue
+        # the synthetic silver truth carries the track ids already, so relabelling leaves it as written
+        st = read_tiff(synthetic_dataset / "01_ST" / "SEG" / f"man_seg{t:03d}.tif")
+        expected = sequence.tra[t].copy()
+        expected[st > 0] = st[st > 0]
+        np.testing.assert_array_equal(silver.labels[t], expected, err_msg=f"frame {t}")
+        assert not np.array_equal(silver.labels[t], gold.labels[t])  # gold holds only the markers there
+        assert silver.complete[t]  # every marker lies inside its silver object
+    assert not gold.seg[[t for t in range(24) if t not in gold_frames]].any()
+
+
+def test_silver_frames_are_complete_at_the_coverage_threshold(synthetic_dataset, tmp_path):
+    from data_io.ctc import load_sequence, read_tiff, write_tiff
+
+    dataset = shutil.copytree(synthetic_dataset, tmp_path / "Synthetic")
+    sequence = load_sequence(dataset, "01")
+    frame = 4
+    assert frame not in sequence.seg
+    markers = [int(label) for label in np.unique(sequence.tra[frame]) if label]
+    assert len(markers) == 8
+    path = dataset / "01_ST" / "SEG" / f"man_seg{frame:03d}.tif"
+    st = read_tiff(path)
+    dropped = markers[0]
+    removed = st == dropped
+    st[removed] = 0  # 7 of the 8 markers keep a silver object: coverage 7/8 = 0.875
+    write_tiff(path, st)
+    loose = load_training_video(dataset, "01", _video_config(silver_truth=True, complete_seg_min_coverage=0.85))
+    strict = load_training_video(dataset, "01", _video_config(silver_truth=True, complete_seg_min_coverage=0.9))
+    assert loose.seg[frame] and strict.seg[frame]
+    assert loose.complete[frame] and not strict.complete[frame]
+    # where the silver object is gone only the TRA marker remains
+    expected = np.where(sequence.tra[frame] == dropped, dropped, 0)
+    np.testing.assert_array_equal(strict.labels[frame][removed], expected[removed])
+    # the gold SEG frames keep their own completeness at each threshold
+    for video, coverage in ((loose, 0.85), (strict, 0.9)):
+        assert [t for t in sorted(sequence.seg) if video.complete[t]] == sequence.seg_frames_with_coverage(coverage)
+
+
+def test_silver_truth_without_an_st_folder_is_an_error(synthetic_dataset, tmp_path):
+    dataset = shutil.copytree(synthetic_dataset, tmp_path / "Synthetic")
+    shutil.rmtree(dataset / "02_ST")
+    with pytest.raises(RshnError, match=r"Synthetic/02_ST/SEG: no silver truth found \(data\.silver_truth is "
+                                        r"true\)$"):
+        load_training_video(dataset, "02", _video_config(silver_truth=True))
+    load_training_video(dataset, "02", _video_config())  # without silver truth the folder is not needed
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -311,6 +311,72 @@ def test_best_weights_follow_the_mean_training_loss_of_each_checkpoint_interval(
     assert result.best_loss == pytest.approx(float(interval_means.min()), rel=1e-6)
 
 
+@pytest.fixture(scope="module")
+def snapshot_run(tmp_path_factory):
+    """An uninterrupted 6-iteration run with a weight snapshot every 2 iterations; (config, model folder)."""
+    config = small_config(iterations=6, snapshot_every=2)
+    model_dir = tmp_path_factory.mktemp("snapshots") / "model"
+    result = train(config, model_dir, dataset_fn=disk_dataset_fn(config), progress=False)
+    assert result.finished and result.step == 6
+    return config, model_dir
+
+
+def weights_of(model_dir: Path, weights: str) -> list[np.ndarray]:
+    """The weight arrays of ``weights`` (``best``, ``last`` or a file) loaded into the network of ``model_dir``."""
+    model, _ = load_trained_model(model_dir, weights)
+    return [np.asarray(w) for w in model.weights]
+
+
+def test_snapshots_are_taken_every_snapshot_every_iterations(snapshot_run, uninterrupted):
+    _, model_dir = snapshot_run
+    folder = ModelFolder(model_dir)
+    snapshots = folder.snapshots()
+    assert list(snapshots) == [2, 4, 6]
+    assert snapshots == {step: folder.snapshot_dir / f"weights.{step:06d}.weights.h5" for step in (2, 4, 6)}
+    assert all(folder.snapshot_path(step) == path for step, path in snapshots.items())
+    assert sorted(p.name for p in folder.snapshot_dir.iterdir()) == [
+        "weights.000002.weights.h5", "weights.000004.weights.h5", "weights.000006.weights.h5"]  # no temporary files
+    last, six, two = (weights_of(model_dir, name) for name in ("last", str(snapshots[6]), str(snapshots[2])))
+    for a, b in zip(last, six):
+        np.testing.assert_array_equal(a, b)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(two, six)) > 0  # training moved on after step 2
+    # the default (0) takes none
+    assert not ModelFolder(uninterrupted[1]).snapshot_dir.exists() and ModelFolder(uninterrupted[1]).snapshots() == {}
+
+
+def test_snapshots_lists_only_numbered_weights_in_step_order(tmp_path):
+    folder = ModelFolder(tmp_path / "model")
+    assert folder.snapshots() == {}
+    folder.snapshot_dir.mkdir(parents=True)
+    for name in ("weights.000100.weights.h5", "weights.000020.weights.h5", "weights.000003.weights.h5",
+                 "weights.best.weights.h5", "weights.000007.h5", "notes.txt"):
+        (folder.snapshot_dir / name).write_bytes(b"")
+    assert list(folder.snapshots()) == [3, 20, 100]
+    assert folder.snapshot_path(1234567).name == "weights.1234567.weights.h5"
+    assert folder.snapshots()[20] == folder.snapshot_path(20)
+
+
+def test_resume_with_another_snapshot_interval(snapshot_run, tmp_path):
+    config, reference_dir = snapshot_run
+    model_dir = tmp_path / "model"
+    first = train(config, model_dir, dataset_fn=disk_dataset_fn(config, interrupt_at_sample=3), progress=False)
+    assert first.interrupted and 1 <= first.step < 6
+    folder = ModelFolder(model_dir)
+    assert list(folder.snapshots()) == [step for step in (2, 4) if step <= first.step]
+    changed = small_config(iterations=6, snapshot_every=3)
+    assert check_resume_config(config, changed) == []
+    second = train(changed, model_dir, resume=True, dataset_fn=disk_dataset_fn(changed), progress=False)
+    assert second.finished and second.step == 6
+    expected = {step for step in (2, 4, 6) if step <= first.step} | {step for step in (3, 6) if step > first.step}
+    assert list(folder.snapshots()) == sorted(expected)
+    for a, b in zip(weights_of(model_dir, "last"), weights_of(model_dir, str(folder.snapshot_path(6)))):
+        np.testing.assert_array_equal(a, b)
+    # the resumed run reproduces the uninterrupted one, snapshots included
+    for a, b in zip(weights_of(model_dir, str(folder.snapshot_path(6))),
+                    weights_of(reference_dir, str(ModelFolder(reference_dir).snapshot_path(6)))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_loss_falls_clearly_and_validation_picks_the_best_weights(tmp_path):
     config = small_config(iterations=60, validation_every=15, learning_rate=2e-3, learning_rate_final=2e-3,
                           checkpoint_every=60, log_every=30, image_every=0)
