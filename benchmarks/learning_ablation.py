@@ -15,11 +15,11 @@ inference rows (``blob_merge``, ``final_weights``) re-use the model of the last 
   on completely segmented frames, no augmentation extras, ``best`` weights, instance tile merge).
 * ``neighbours``: the code's neighbourhood recipe (dilation + disc, frames f-1 … f+1) and radii (factor x width).
 * ``any_seg``: windows anchored on any frame with SEG ground truth (the code's id list).
+* ``silver_truth``: frames without gold SEG take the CTC silver truth (``data.silver_truth``).
 * ``augmentation``: the code's augmentation extras (mirror padding, gamma, per-frame intensity jitter, the product
   of two scale draws; DIC also the +-35 % translation and the label blur sigma 2).
 * ``blob_merge``: the code's tile merge (connected foreground blobs, 32-px band along inner tile edges).
 * ``final_weights``: the final weights instead of the lowest smoothed training loss.
-* ``silver_truth``: frames without gold SEG take the CTC silver truth (``data.silver_truth``).
 
 Usage (one training at a time; each row ~30 min on 2 cores; finished rows are skipped, an interrupted training
 continues from its last checkpoint when the command is repeated)::
@@ -108,11 +108,11 @@ def rows_for(dataset: str) -> list[Row]:
         Row("neighbours", "+ code neighbourhood recipe and radii",
             ("loss.neighbour_mode=code", f"loss.neighbour_radius={CODE_RADIUS[dataset]}")),
         Row("any_seg", "+ windows anchored on any SEG frame", ("data.seg_sample_frames=any",)),
+        Row("silver_truth", "+ silver truth (GT+ST)", ("data.silver_truth=true",)),
         Row("augmentation", "+ code augmentation extras", tuple(augmentation)),
         Row("blob_merge", "+ blob tile merge (32-px band)", (),
             ("postprocessing.merge_mode=blob", "postprocessing.merge_ignore_border=32")),
         Row("final_weights", "+ final weights", weights="last"),
-        Row("silver_truth", "+ silver truth (GT+ST)", ("data.silver_truth=true",)),
     ]
 
 
