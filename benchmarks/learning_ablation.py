@@ -324,8 +324,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 run_curve(dataset, args.data, args.out, args.curve)
             else:
                 run_dataset(dataset, args.data, args.out, args.rows, args.iterations or ITERATIONS[dataset],
-                            args.snapshot_every,
-                            args.dry_run)
+                            args.snapshot_every, args.dry_run)
         if args.report:
             print(report(args.out))
             if args.plot:
