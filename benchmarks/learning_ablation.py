@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a source checkout without installing
 
@@ -169,20 +171,18 @@ def test_data(dataset: str, data_root: Path, out: Path) -> Path:
     return folder
 
 
-def train_row(config, model_dir: Path) -> float:
-    """Train (or continue) a row's model; returns the seconds spent now (0 when it was finished)."""
+def train_row(config, model_dir: Path) -> None:
+    """Train (or continue) a row's model."""
     from rshn_tf.model_folder import ModelFolder
     from rshn_tf.training import train
 
     folder = ModelFolder(model_dir)
     state = folder.read_state() if folder.config_path.is_file() else None
     if state and state.get("finished"):
-        return 0.0
-    tic = time.perf_counter()
+        return
     result = train(config, model_dir, resume=folder.has_training_output())
     if result.interrupted:
         raise SystemExit(f"training of {model_dir} stopped by {result.signal_name}; repeat the command to continue")
-    return time.perf_counter() - tic
 
 
 def predict_and_score(model_dir: Path, test_root: Path, seq: str, res_dir: Path, scores_path: Path,
@@ -222,9 +222,8 @@ def run_dataset(dataset: str, data_root: Path, out: Path, only: list[str], itera
         if scores_path.is_file():
             log.info("%s %s: done (%s)", dataset, name, scores_path)
             continue
-        seconds = train_row(config, model_dir) if resolved.model_row == name else 0.0
-        if seconds:
-            (row_dir / "train_seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
+        if resolved.model_row == name:
+            train_row(config, model_dir)
         scores = predict_and_score(model_dir, test_data(dataset, data_root, out), split.test_seq, row_dir / "RES",
                                    scores_path, resolved.predict_sets, resolved.weights)
         log.info("%s %s: SEG %.3f TRA %.3f DET %.3f", dataset, name, scores["SEG"], scores["TRA"], scores["DET"])
@@ -252,17 +251,31 @@ def run_curve(dataset: str, data_root: Path, out: Path, row_name: str) -> None:
         log.info("%s %s step %d: SEG %.3f TRA %.3f", dataset, row_name, step, scores["SEG"], scores["TRA"])
 
 
+def training_seconds(model_dir: Path) -> Optional[tuple[float, float]]:
+    """Time a training took: the sum of its iteration times in ``logs/losses.csv`` (a pause of the process, e.g.
+    SIGSTOP, or a restart shows as one iteration of over a minute and is left out), and their median."""
+    import csv
+
+    path = model_dir / "logs" / "losses.csv"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
+    return sum(value for value in seconds if value < 60.0), float(np.median(seconds))
+
+
 def report(out: Path) -> str:
     """``ablation.md``: every scored row of every dataset."""
-    lines = ["| dataset | row | adds | SEG | TRA | DET | train min | predict s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | row | adds | SEG | TRA | DET | train min (median s/it) | predict s |", "|---|---|---|---|---|---|---|---|"]
     for dataset in SPLITS:
         for resolved in resolve_rows(dataset):
             row_dir = out / dataset / resolved.row.name
             if not (row_dir / "scores.json").is_file():
                 continue
             scores = json.loads((row_dir / "scores.json").read_text())
-            timing = row_dir / "train_seconds.json"
-            minutes = f"{json.loads(timing.read_text())['seconds'] / 60:.0f}" if timing.is_file() else ""
+            seconds = training_seconds(out / dataset / resolved.model_row / "model") \
+                if resolved.model_row == resolved.row.name else None
+            minutes = "" if seconds is None else f"{seconds[0] / 60:.0f} ({seconds[1]:.2f} s/it)"
             predict = scores.get("predict_seconds")
             lines.append(f"| {dataset} | {resolved.row.name} | {resolved.row.title} | {scores['SEG']:.3f} | "
                          f"{scores['TRA']:.3f} | {scores['DET']:.3f} | {minutes} | "
