@@ -16,6 +16,8 @@ inference rows (``blob_merge``, ``final_weights``) re-use the model of the last 
 * ``neighbours``: the code's neighbourhood recipe (dilation + disc, frames f-1 … f+1) and radii (factor x width).
 * ``any_seg``: windows anchored on any frame with SEG ground truth (the code's id list).
 * ``silver_truth``: frames without gold SEG take the CTC silver truth (``data.silver_truth``).
+* ``grid128`` (DIC-C2DH-HeLa): the network grid halved to 128 x 128 (crops 96 x 96; r_N and t_size scaled), so
+  that the cells span as many pixels of the small ``cpu`` network as the demo's synthetic cells.
 * ``augmentation``: the code's augmentation extras (mirror padding, gamma, per-frame intensity jitter, the product
   of two scale draws; DIC also the +-35 % translation and the label blur sigma 2).
 * ``blob_merge``: the code's tile merge (connected foreground blobs, 32-px band along inner tile edges).
@@ -114,11 +116,23 @@ def rows_for(dataset: str) -> list[Row]:
             ("loss.neighbour_mode=code", f"loss.neighbour_radius={CODE_RADIUS[dataset]}")),
         Row("any_seg", "+ windows anchored on any SEG frame", ("data.seg_sample_frames=any",)),
         Row("silver_truth", "+ silver truth (GT+ST)", ("data.silver_truth=true",)),
+        *GRID_ROWS.get(dataset, []),
         Row("augmentation", "+ code augmentation extras", tuple(augmentation)),
         Row("blob_merge", "+ blob tile merge (32-px band)", (),
             ("postprocessing.merge_mode=blob", "postprocessing.merge_ignore_border=32")),
         Row("final_weights", "+ final weights", weights="last"),
     ]
+
+
+#: Rows that bring a dataset's network grid to the scale the small ``cpu`` network can handle. DIC-C2DH-HeLa cells
+#: span ~50 px of Table 1's 256 x 256 grid; at 128 x 128 (crops of 96 x 96) they span ~25 px like the synthetic cells
+#: of the demo. Every length on the network grid scales with it: r_N 0.2 x 128 (the code's factor), t_size 500 / 4.
+GRID_ROWS = {
+    "DIC-C2DH-HeLa": [Row("grid128", "+ 128 x 128 network grid, 96 x 96 crops (cpu: Table 1 has 256 x 256)",
+                          ("data.resampled_size=[128, 128]", "data.tile_size=[96, 96]", "loss.neighbour_radius=25.6",
+                           "postprocessing.min_size=125", "inference.tile_size=[128, 128]",
+                           "inference.tile_overlap=64"))],
+}
 
 
 @dataclass
