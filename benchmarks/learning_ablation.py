@@ -8,7 +8,8 @@ Every row trains (or re-uses) one model with the same seed, network and iteratio
 * Fluo-N2DL-HeLa: only 01 is available here, so it is split in time: trained on frames 0-59, scored on the SEG/TRA
   ground truth of frames 60-91 (written as a sequence of their own, renumbered from 0; tracks clipped).
 
-Rows are cumulative: each adds its settings to those of the rows above it. Training rows train a new model; the
+Rows are cumulative: each adds its settings to those of the rows above it (side rows change one setting of one row
+and are not carried further). Training rows train a new model; the
 inference rows (``blob_merge``, ``final_weights``) re-use the model of the last training row above them.
 
 * ``preset``: the dataset preset as it was (paper text: centroid neighbourhood with Table 1's r_N, windows anchored
@@ -94,6 +95,8 @@ class Row:
         train_sets: ``--set`` strings that change training (a new model is trained when non-empty).
         predict_sets: ``--set`` strings applied at prediction.
         weights: ``best`` or ``last`` from this row on (None: unchanged).
+        base: For a side row (leave-one-out): the row whose settings it changes; it is not carried into the rows
+            below it. None for the cumulative rows.
     """
 
     name: str
@@ -101,6 +104,7 @@ class Row:
     train_sets: tuple[str, ...] = ()
     predict_sets: tuple[str, ...] = ()
     weights: Optional[str] = None
+    base: Optional[str] = None
 
 
 def rows_for(dataset: str) -> list[Row]:
@@ -121,6 +125,7 @@ def rows_for(dataset: str) -> list[Row]:
         Row("blob_merge", "+ blob tile merge (32-px band)", (),
             ("postprocessing.merge_mode=blob", "postprocessing.merge_ignore_border=32")),
         Row("final_weights", "+ final weights", weights="last"),
+        *SIDE_ROWS.get(dataset, []),
     ]
 
 
@@ -132,6 +137,13 @@ GRID_ROWS = {
                           ("data.resampled_size=[128, 128]", "data.tile_size=[96, 96]", "loss.neighbour_radius=25.6",
                            "postprocessing.min_size=125", "inference.tile_size=[128, 128]",
                            "inference.tile_overlap=64"))],
+}
+
+
+#: Leave-one-out rows: one setting of a cumulative row put back to the paper's text.
+SIDE_ROWS = {
+    "DIC-C2DH-HeLa": [Row("grid128_centroid", "grid128 with the paper's centroid neighbourhood (r_N 25, Table 1 / 2)",
+                          ("loss.neighbour_mode=centroid", "loss.neighbour_radius=25"), base="grid128")],
 }
 
 
@@ -150,6 +162,12 @@ def resolve_rows(dataset: str) -> list[Resolved]:
     """Accumulate the rows of a dataset: training and prediction settings, weights, and whose model a row uses."""
     resolved, train_sets, predict_sets, weights, model_row = [], [], [], "best", ""
     for row in rows_for(dataset):
+        if row.base is not None:
+            base = next(r for r in resolved if r.row.name == row.base)
+            resolved.append(Resolved(row, base.train_sets + list(row.train_sets),
+                                     base.predict_sets + list(row.predict_sets), row.weights or base.weights,
+                                     row.name if row.train_sets else base.model_row))
+            continue
         if row.train_sets or not model_row:
             model_row = row.name
         train_sets = train_sets + list(row.train_sets)
