@@ -139,7 +139,7 @@ def package_submission(
     out_dir: str | os.PathLike,
     *,
     data_dir: str | os.PathLike | None = None,
-    weights: str = "best",
+    weights: str = "auto",
     overrides: Sequence[str] = (),
     wheels: bool = False,
 ) -> PackageResult:
@@ -151,7 +151,8 @@ def package_submission(
         out_dir: The submission folder; created if needed. Its ``SW/`` must be absent or written by this function.
         data_dir: The dataset's challenge data (a folder holding ``01`` and ``02``, or a folder holding
             ``<dataset>/01`` ...): if given, the launchers are run and their results checked.
-        weights: Which weights of the model folder to bundle: ``best`` or ``last``.
+        weights: Which weights of the model folder to bundle: ``best``, ``last`` or ``auto`` (best when the folder
+            holds them, else last).
         overrides: ``section.key=value`` changes of the bundled config (e.g. post-processing parameters).
         wheels: Download every requirement as a wheel into ``SW/wheels`` for an installation without network
             (needs a package index now).
@@ -164,9 +165,11 @@ def package_submission(
             launcher or a result that fails the check.
     """
     check_dataset_name(dataset)
-    if weights not in WEIGHTS_FILES:
-        raise RshnError(f"weights must be one of {', '.join(WEIGHTS_FILES)}, got {weights!r}")
     folder = ModelFolder(model_dir)
+    if weights == "auto":
+        weights = folder.default_weights() if folder.root.is_dir() else "best"  # a missing folder is reported below
+    if weights not in WEIGHTS_FILES:
+        raise RshnError(f"weights must be one of {', '.join(WEIGHTS_FILES)} or auto, got {weights!r}")
     config = _bundle_config(folder, dataset, overrides)
     weights_path = folder.weights_path(weights)
     if not weights_path.is_file():

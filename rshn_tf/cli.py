@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-embeddings", metavar="DIR",
                    help="also save the frame-pair embeddings (pair_NNN.npy, float32 (2, h, w, D) on the network grid) "
                         "for 'rshn postprocess'")
-    p.add_argument("--weights", default="best", help="'best' (default), 'last' or a .weights.h5 file")
+    p.add_argument("--weights", default="auto",
+                   help="'best', 'last' or a .weights.h5 file (default: best when the folder holds them, else last)")
     _add_set(p)
 
     p = verb("export", cmd_export,
@@ -351,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder (config.yaml + weights)")
     p.add_argument("--dataset", help="CTC dataset name, e.g. DIC-C2DH-HeLa (names the launchers and ../DATASET)")
     p.add_argument("--out", help="submission folder to write (SUBMISSION_DIR/SW); other datasets in it are kept")
-    p.add_argument("--weights", choices=["best", "last"], default="best", help="which weights to bundle")
+    p.add_argument("--weights", choices=["best", "last", "auto"], default="auto",
+                   help="which weights to bundle (default auto: best when the folder holds them, else last)")
     p.add_argument("--wheels", action="store_true",
                    help="also download every requirement as a wheel into SW/wheels for an offline installation")
     p.add_argument("--check", metavar="SUBMISSION_DIR",

@@ -737,7 +737,7 @@ def predict(
     output_dir: str | os.PathLike,
     *,
     overrides: Sequence[str] = (),
-    weights: str = "best",
+    weights: str = "auto",
     save_embeddings: Optional[str | os.PathLike] = None,
     progress: Optional[bool] = None,
     model: Any = None,
@@ -750,7 +750,8 @@ def predict(
         output_dir: Result folder to write (e.g. ``DATASET/02_RES``): ``maskNNN.tif`` with the input's digit
             count, ``res_track.txt`` and the resolved ``config.yaml``.
         overrides: ``section.key=value`` changes on top of the model folder's config (not ``model.*``).
-        weights: ``best``, ``last`` or the path of a ``.weights.h5`` file.
+        weights: ``best``, ``last``, ``auto`` (best when the folder holds them, else last) or the path of a
+            ``.weights.h5`` file.
         save_embeddings: Also write the pair embeddings there (see :class:`EmbeddingWriter`; in tiles mode each
             pixel comes from the tile in which it lies most centrally, so ``rshn postprocess`` on them reproduces
             this result only approximately; exactly in full-frame mode).

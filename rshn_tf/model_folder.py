@@ -111,6 +111,18 @@ class ModelFolder:
             raise RshnError(f"weights must be one of {', '.join(WEIGHTS_FILES)} or a .weights.h5 path, got {which!r}")
         return self.root / WEIGHTS_FILES[which]
 
+    def default_weights(self) -> str:
+        """``best`` when the folder holds best weights, else ``last`` (an exported folder holds only the chosen ones).
+
+        Raises:
+            RshnError: If the folder holds neither.
+        """
+        for which in WEIGHTS_FILES:
+            if self.weights_path(which).is_file():
+                return which
+        raise RshnError(f"model folder {self.root}: no weights ({', '.join(WEIGHTS_FILES.values())}); the run "
+                        "exported none yet")
+
     def has_training_output(self) -> bool:
         """Whether a run already wrote here (config, checkpoints or weights)."""
         return self.config_path.exists() or self.checkpoint_dir.exists() or any(
@@ -277,12 +289,13 @@ def load_weights_checked(model: Any, path: str | os.PathLike) -> None:
         raise RshnError(f"{path}: {hint} ({str(exc).splitlines()[0]})") from exc
 
 
-def load_trained_model(model_dir: str | os.PathLike, weights: str = "best") -> tuple[Any, Config]:
+def load_trained_model(model_dir: str | os.PathLike, weights: str = "auto") -> tuple[Any, Config]:
     """Rebuild the network of a model folder from its ``config.yaml`` and load its weights.
 
     Args:
         model_dir: A model folder written by ``rshn train``.
-        weights: ``best``, ``last``, or the path of a ``.weights.h5`` file.
+        weights: ``best``, ``last``, ``auto`` (best when present, else last: see
+            :meth:`ModelFolder.default_weights`), or the path of a ``.weights.h5`` file.
 
     Returns:
         ``(model, config)``: the Keras model (see :func:`rshn_tf.models.build_model`) and the folder's configuration.
@@ -294,6 +307,8 @@ def load_trained_model(model_dir: str | os.PathLike, weights: str = "best") -> t
 
     folder = ModelFolder(model_dir)
     config = folder.read_config()
+    if weights == "auto":
+        weights = folder.default_weights()
     if weights in WEIGHTS_FILES:
         path = folder.weights_path(weights)
         if not path.is_file():

@@ -29,7 +29,7 @@ from rshn_tf.inference import (
     plan_windows,
     predict,
 )
-from rshn_tf.model_folder import create_model_folder
+from rshn_tf.model_folder import create_model_folder, export_model
 from rshn_tf.models import build_model
 from rshn_tf.tiling import tile_grid
 
@@ -501,6 +501,16 @@ def test_single_frame_is_the_frame_clustered_with_itself(model_dir, short_video,
     layout.add_to(processor, pair.first, pair.second)
     expected, _ = processor.result()
     np.testing.assert_array_equal(labels[0], expected[0])
+
+
+def test_predict_by_default_uses_the_weights_an_exported_folder_holds(model_dir, short_video, tmp_path):
+    """An exported model folder holds only the chosen weights; ``rshn predict --model`` needs no ``--weights``."""
+    exported = export_model(model_dir, tmp_path / "exported", weights="last")
+    assert main(["predict", "--model", str(exported), "--input", str(short_video), "--output",
+                 str(tmp_path / "RES")]) == 0
+    predict(model_dir, short_video, tmp_path / "reference", weights="last")
+    for got, expected in zip(read_result(tmp_path / "RES"), read_result(tmp_path / "reference")):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_saved_full_frame_embeddings_reproduce_predict_exactly(model_dir, short_video, tmp_path):

@@ -51,3 +51,13 @@ def test_export_verb_applies_prediction_overrides_but_not_model_changes(tmp_path
     assert saved["postprocessing"]["bandwidth"] == 0.05 and (out / "weights.best.weights.h5").is_file()
     assert main(["export", "--model", str(model), "--out", str(tmp_path / "bad"), "--set", "model.filters=8"]) == 2
     assert "model.*" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_default_weights_are_best_when_present_else_the_only_ones_exported(tmp_path):
+    model = fake_model(tmp_path / "model")
+    assert ModelFolder(model).default_weights() == "best"
+    exported = export_model(model, tmp_path / "exported", weights="last")
+    assert ModelFolder(exported).default_weights() == "last"
+    (exported / "weights.last.weights.h5").unlink()
+    with pytest.raises(RshnError, match="no weights"):
+        ModelFolder(exported).default_weights()

@@ -210,7 +210,7 @@ def test_package_refuses_bad_input_with_clear_errors(tmp_path, capsys):
     package_submission(model, DATASET, out, overrides=[f"data.dataset={DATASET}"])  # confirmed explicitly
     (model / "weights.best.weights.h5").unlink()
     with pytest.raises(RshnError, match=r"weights.best.weights.h5: missing .*choose --weights last"):
-        package_submission(model, OTHER, out)
+        package_submission(model, OTHER, out, weights="best")
     with pytest.raises(RshnError, match="model folder .* does not exist"):
         package_submission(tmp_path / "nothing", OTHER, out)
     foreign = tmp_path / "foreign"
