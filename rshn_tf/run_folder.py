@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -68,7 +69,7 @@ def load_checkpoint(path: Path) -> tuple[dict, list[np.ndarray]]:
         with np.load(path, allow_pickle=False) as data:
             numbers = json.loads(str(data["numbers"][()]))
             arrays = [data[f"array_{i}"] for i in range(len(data.files) - 1)]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise RshnError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc}); delete "
                         f"{path.parent} and start the run over without --resume") from exc
     return numbers, arrays
