@@ -40,7 +40,10 @@ its output volume like for the RSHN (notes §2.1).
 
 ``rshn predict`` = :func:`predict`; :func:`embed_pairs` is the network part alone (for tests and benchmarks). With
 ``inference.overlap_postprocessing`` :func:`predict` post-processes each pair in a worker thread while the network
-computes the next (:func:`consume_pairs`).
+computes the next (:func:`consume_pairs`). Finished frames go to disk beside the output and the post-processing
+state is checkpointed there (:mod:`rshn_tf.run_folder`); a resumed run starts the network at the first window that
+gives a missing pair (:meth:`PairEmbedder.pairs` ``start``), which is exact because every window starts from zero
+states.
 """
 
 from __future__ import annotations
@@ -707,8 +710,8 @@ class EmbeddingWriter:
         self._unsynced: list[Path] = []
         if resume:
             if not self.tmp.is_dir():
-                raise RshnError(f"{self.tmp}: the saved embeddings of the unfinished run are missing; delete "
-                                f"{partial_path(self.folder.parent)} and start over without --resume")
+                raise RshnError(f"{self.tmp}: the saved embeddings of the unfinished run are missing; it cannot be "
+                                f"resumed (start it over without --resume)")
             return
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)

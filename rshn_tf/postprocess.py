@@ -4,7 +4,10 @@ resampling back → finalisation → writing (paper §2.3–§2.5, §4.2; refere
 :class:`PostProcessor` is a streaming consumer: ``rshn predict`` feeds it the embeddings of one frame pair at a
 time straight from the network (per tile with :meth:`PostProcessor.add_pair_tiles`), and ``rshn postprocess``
 feeds it whole network-grid pairs read from ``pair_NNN.npy`` files (:func:`run_postprocess`). Both then call
-:meth:`PostProcessor.finish`. This module must not import TensorFlow.
+:meth:`PostProcessor.finish`. Frames the tracker has finished go straight to a frame store (on disk beside the
+output, :class:`~rshn_tf.run_folder.RunFolder`), the finalisation and writing stream over it, and the state is
+checkpointed every ``inference.checkpoint_every`` pairs, so memory does not grow with the video and a killed run
+resumes. This module must not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -149,8 +152,9 @@ class PostProcessor:
     def restore(self, numbers: dict, frames: Sequence[np.ndarray]) -> None:
         """Continue from a :meth:`state` (the store must hold the frames stored then)."""
         if self.store.count < numbers["stored"]:
-            raise RshnError(f"the checkpoint needs {numbers['stored']} stored frames, the store has "
-                            f"{self.store.count}")
+            raise RshnError(f"{getattr(self.store, 'folder', 'frame store')}: the checkpoint needs "
+                            f"{numbers['stored']} finished frames, only {self.store.count} are there; the run "
+                            f"cannot be resumed (start it over without --resume)")
         self.num_pairs = int(numbers["num_pairs"])
         self.tracker.restore(numbers["tracker"], frames)
 

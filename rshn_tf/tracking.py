@@ -6,14 +6,18 @@ Two stages:
 * :class:`PairTracker` (network grid, incremental): links the labels of consecutive frame pairs ⟨t, t+1⟩ and
   ⟨t+1, t+2⟩ by greedy highest IoU on the shared frame t+1, gives unmatched instances of frame t+2 new ids and
   repairs false mitoses that split and re-merge within t_merge frames.
-* :func:`finalize_tracks` (original grid, after resampling back): removes parent-less tracks shorter than
+  Only the last ``merge_search_frames`` + 2 frames can still change; older ones are handed out
+  (:meth:`PairTracker.release_finished`), so the tracker's memory does not grow with the video.
+* :func:`finalize_stream` (original grid, after resampling back): removes parent-less tracks shorter than
   t_length, removes instances lying wholly inside the un-annotated CTC border band (splitting their tracks),
   numbers tracks 1..N, finds the parent of every new track by IoU with previous frames and makes the lineage
-  consistent with the CTC rules (a parent ends before its children start; ids are never reused).
+  consistent with the CTC rules (a parent ends before its children start; ids are never reused). It reads the
+  frames one at a time from a store (:class:`LabelFrames`, e.g. on disk); :func:`finalize_tracks` runs it on an
+  array.
 
 Everything works on whole label images with counting (``np.bincount``) and bounding boxes
-(``scipy.ndimage.find_objects``); Python loops run over tracks or events, never over the pixels of an image per
-label. This module must not import TensorFlow.
+(``scipy.ndimage.find_objects``); Python loops run over tracks, instances or events, never over the pixels of an
+image per label. This module must not import TensorFlow.
 """
 
 from __future__ import annotations
