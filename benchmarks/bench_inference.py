@@ -117,6 +117,14 @@ def make_model(preset: str, folder: Path, background: bool = False) -> None:
     create_model_folder(config, model, folder)
 
 
+def make_model_with(repo: Path, preset: str, folder: Path) -> None:
+    """:func:`make_model` with the code of another checkout (same seed, so the same random weights)."""
+    code = (f"import sys, pathlib; sys.path.insert(0, {str(Path(repo) / 'benchmarks')!r}); import bench_inference; "
+            f"bench_inference.make_model({preset!r}, pathlib.Path({str(folder)!r}))")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
 def make_small_model(folder: Path) -> None:
     """The ``length`` section's model: a small RSHN (3 levels, 8 filters, 8-d embeddings, windows of 4) with random
     weights (seed 0) whose output bias makes every pixel background (see :func:`make_model`)."""
@@ -473,17 +481,22 @@ def main(argv: list[str] | None = None) -> None:
             sets = [x for s in args.speed_set for x in ("--set", s)]
             title = (f"speed: rshn predict DIC-C2DH-HeLa 02, paper network ({weights} weights)"
                      + (f", --set {' '.join(args.speed_set)}" if args.speed_set else ""))
-            sides = [("this checkout", None)] + ([(f"checkout {args.speed_ab}", args.speed_ab)] if args.speed_ab else [])
+            sides = [("this checkout", None, dic_model)]
+            if args.speed_ab:  # the other checkout's model folder: its config schema may differ from this one's
+                other_model = args.model or tmp / "dic_model_ab"
+                if args.model is None:
+                    make_model_with(args.speed_ab, "DIC-C2DH-HeLa", other_model)
+                sides.append((f"checkout {args.speed_ab}", args.speed_ab, other_model))
             repeats = args.speed_repeats if args.speed_ab else 1
             for repeat in range(repeats):
-                for name, repo in sides:
-                    r = run("predict", "--model", str(dic_model), "--input", str(seq),
+                for name, repo, model in sides:
+                    r = run("predict", "--model", str(model), "--input", str(seq),
                             "--output", str(tmp / f"dic_RES_{repeat}_{name.split()[0]}"), *sets, repo=repo)
                     results.setdefault("speed_runs", []).append(dict(r, code=name))
                     results.setdefault("speed", r)
                     print_predict(title + (f" [{name}, run {repeat + 1}]" if args.speed_ab else ""), r)
             if args.speed_ab:
-                for name, _ in sides:
+                for name, _, _ in sides:
                     seconds = ", ".join(f"{r['predict_s']:.3f}" for r in results["speed_runs"] if r["code"] == name)
                     print(f"  {name}: predict() {seconds} s/frame")
         if "baseline" in args.sections:

@@ -61,7 +61,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from ctc_submission.writer import check_result_target, swap_in
-from data_io.ctc import list_frames, read_frame
+from data_io.ctc import FrameFiles, list_frames, read_frame
 from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
 from rshn_tf.config import Config, DataConfig, resolve_predict_config, save_config
 from rshn_tf.errors import RshnError
@@ -859,12 +859,10 @@ def predict(
 
 
 def _predict_run(model_dir: str | os.PathLike, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                 config: Config, files: Any, run: RunFolder, weights: str,
+                 config: Config, files: FrameFiles, run: RunFolder, weights: str,
                  save_embeddings: Optional[str | os.PathLike], progress: Optional[bool], model: Any
                  ) -> PredictionResult:
     """The work of :func:`predict` once the outputs are locked and the run folder is open."""
-    from rshn_tf.model_folder import load_trained_model
-
     configure_threads(config.inference.threads)
     source = FrameSource(files.paths, config.data, files.shape)
     num_frames = len(source)
@@ -881,6 +879,32 @@ def _predict_run(model_dir: str | os.PathLike, input_dir: str | os.PathLike, out
             raise RshnError(f"{emb_partial}: the saved embeddings of the unfinished run in {run.folder} are "
                             f"missing; delete {run.folder} and start over without --resume")
         # else: all pairs were done and the embeddings committed before the run was killed
+    try:
+        embedder = _run_network(model_dir, input_dir, config, files, source, processor, run, writer, weights,
+                                progress, model)
+        out = processor.finish(output_dir, files.digits, tmp=run.result_dir)
+    except BaseException:
+        if writer is not None and not run.has_checkpoint:
+            writer.discard()
+        raise
+    embeddings_dir = writer.commit() if writer is not None else (
+        Path(save_embeddings) if save_embeddings is not None else None)
+    timings = dict(source.timings)
+    if embedder is not None:
+        timings.update(embedder.timings)
+    timings.update(processor.timings)
+    return PredictionResult(out, num_frames, timings, embedder.frame_steps if embedder else 0, embeddings_dir)
+
+
+def _run_network(model_dir: str | os.PathLike, input_dir: str | os.PathLike, config: Config, files: FrameFiles,
+                 source: FrameSource, processor: PostProcessor, run: RunFolder, writer: Optional[EmbeddingWriter],
+                 weights: str, progress: Optional[bool], model: Any) -> Optional[PairEmbedder]:
+    """Run the network over the pairs the run still needs and post-process (and save) them, with checkpoints;
+    returns the embedder (None when no pair was left)."""
+    from rshn_tf.model_folder import load_trained_model
+
+    total_pairs = run.identity["pairs"]
+    num_frames = len(source)
     embedder = None
     if processor.num_pairs < total_pairs:
         if model is None:
@@ -908,14 +932,7 @@ def _predict_run(model_dir: str | os.PathLike, input_dir: str | os.PathLike, out
 
             consume_pairs(embedder.pairs(source, start=processor.num_pairs), post_process,
                           config.inference.overlap_postprocessing)
-    out = processor.finish(output_dir, files.digits, tmp=run.result_dir)
-    embeddings_dir = writer.commit() if writer is not None else (
-        Path(save_embeddings) if save_embeddings is not None else None)
-    timings = dict(source.timings)
-    if embedder is not None:
-        timings.update(embedder.timings)
-    timings.update(processor.timings)
-    return PredictionResult(out, num_frames, timings, embedder.frame_steps if embedder else 0, embeddings_dir)
+    return embedder
 
 
 def consume_pairs(pairs: Iterator[PairEmbeddings], consume: Any, overlap: bool) -> None:

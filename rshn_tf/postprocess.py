@@ -125,17 +125,20 @@ class PostProcessor:
         self._store(self.tracker.release_finished())
 
     def _store(self, frames: list[tuple[int, np.ndarray]]) -> None:
-        """Resample finished tracker frames to the original size and put them into the store."""
-        start = time.perf_counter()
+        """Resample finished tracker frames to the original size and put them into the store (timed as
+        ``resampling`` and ``writing``)."""
         resample = self.shape != self.original_shape or self.config.data.extra_scale != 1.0
         for t, labels in frames:
             if t >= self.num_frames:  # a single-frame video: the pair's copy of the frame
                 continue
+            start = time.perf_counter()
             if resample:
                 labels = resample_2d(labels, self.original_shape, self.config.tracking.resample_interpolation,
                                      scale=1.0 / self.config.data.extra_scale)
+            mid = time.perf_counter()
             self.store.write(t, labels)
-        self.timings["resampling"] += time.perf_counter() - start
+            self.timings["resampling"] += mid - start
+            self.timings["writing"] += time.perf_counter() - mid
 
     def flush(self) -> None:
         """Store the frames the tracker still holds (after the last pair)."""

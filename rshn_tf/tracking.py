@@ -320,7 +320,7 @@ class _Segment:
 @dataclass
 class _FrameStats:
     """The instances of one frame: labels (ascending), areas, bounding boxes (y0, y1, x0, x1) and the pixels
-    inside the border band's inner rectangle (``inner``, only with a border band)."""
+    inside the border band's inner rectangle (``inner``, only with a border band): 36 bytes per instance."""
 
     ids: np.ndarray
     areas: np.ndarray
@@ -340,13 +340,13 @@ def frame_stats(frame: np.ndarray, border_band: int = 0) -> _FrameStats:
     ids = ids[ids > 0]
     objects = ndimage.find_objects(frame)
     boxes = np.array([(o[0].start, o[0].stop, o[1].start, o[1].stop) for o in (objects[i - 1] for i in ids)],
-                     dtype=np.int64).reshape(-1, 4)
+                     dtype=np.int32).reshape(-1, 4)
     inner = None
     if border_band > 0:
         H, W = frame.shape
         inner = np.bincount(frame[border_band:H - border_band, border_band:W - border_band].ravel(),
                             minlength=counts.size)[ids]
-    return _FrameStats(ids.astype(np.int64), counts[ids].astype(np.int64), boxes, inner)
+    return _FrameStats(ids.astype(np.int32), counts[ids].astype(np.int64), boxes, inner)
 
 
 class _Lineage:

@@ -677,3 +677,22 @@ def test_predict_refuses_an_output_another_process_writes(model_dir, short_video
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and f"process {os.getpid()}" in err and "rshn predict (test)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_a_predict_failing_before_its_first_checkpoint_leaves_nothing_behind(model_dir, short_video, tmp_path,
+                                                                             monkeypatch, capsys):
+    from rshn_tf.postprocess import PostProcessor
+
+    real = PostProcessor.add_pair_tiles
+
+    def failing(self, tiles):
+        if self.num_pairs == 2:
+            raise RshnError("clustering failed")
+        real(self, tiles)
+
+    monkeypatch.setattr(PostProcessor, "add_pair_tiles", failing)
+    code = main(["predict", "--model", str(model_dir), "--input", str(short_video), "--output", str(tmp_path / "RES"),
+                 "--save-embeddings", str(tmp_path / "EMB"), "--set", "inference.checkpoint_every=3"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "clustering failed" in err and "nothing to resume" in err
+    assert list(tmp_path.iterdir()) == []  # no result, no embeddings, no temporary folders, no locks
