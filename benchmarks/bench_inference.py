@@ -24,6 +24,12 @@ TensorFlow's thread settings apply from the start):
   paper's tiles); ``--memory-set`` adds ``--set`` overrides and ``--memory-frames`` limits the frames (both are
   printed). Besides the peak, it prints the highest resident memory in each tenth of the run, which shows whether
   memory grows with the video.
+* ``length`` (issue 16): peak resident memory against video length. The same small RSHN (3 levels, 8 filters,
+  random weights, output bias along e_b so that every pixel is background, full-frame mode, windows of 4) runs
+  ``rshn predict`` on the first N and on 4N frames (``--length-frames N``, default 100) of one synthetic 512 × 512
+  video, and ``rshn postprocess`` runs on oracle embeddings of N and 4N frames of drifting cells (12 disks on a
+  128 × 128 network grid, results at 512 × 512: clustering, tracking, lineage and writing with real instances).
+  Prints both peaks and their difference (target: at most 50 MB).
 * ``micro``: one RSHN step of the paper network on 256 × 256 tiles: seconds per tile-frame at batch 1, 8 and 40 and
   for several (intra, inter) thread settings; this is what decides tile batching, batching the l windows of a
   frame, and the default thread settings.
@@ -35,6 +41,11 @@ Usage (from the repository root)::
     python benchmarks/bench_inference.py                                  # all sections
     python benchmarks/bench_inference.py --sections speed baseline --frames 30
     python benchmarks/bench_inference.py --sections memory --memory-frames 12 --memory-set inference.full_frame=true
+    python benchmarks/bench_inference.py --sections length --length-frames 100
+    python benchmarks/bench_inference.py --sections speed --frames 16 --speed-ab ../main   # A/B: this and another checkout
+
+``--speed-ab DIR`` runs the ``speed`` measurement alternately with this checkout's code and with the checkout ``DIR``
+(``--speed-repeats`` times each, in one run, so that both see the same machine load) and prints both.
 """
 
 from __future__ import annotations
@@ -60,6 +71,18 @@ def load() -> str:
 
 
 def peak_mb() -> float:
+    """Peak resident memory of this process in MB: ``VmHWM`` of ``/proc/self/status`` where available.
+
+    Not ``ru_maxrss``: Linux folds the high-water mark of the memory a process had before ``execve`` into it, so a
+    worker started by a driver that had loaded TensorFlow would report at least the driver's memory.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -92,6 +115,65 @@ def make_model(preset: str, folder: Path, background: bool = False) -> None:
         value[0] = 100.0
         bias.assign(value)
     create_model_folder(config, model, folder)
+
+
+def make_model_with(repo: Path, preset: str, folder: Path) -> None:
+    """:func:`make_model` with the code of another checkout (same seed, so the same random weights)."""
+    code = (f"import sys, pathlib; sys.path.insert(0, {str(Path(repo) / 'benchmarks')!r}); import bench_inference; "
+            f"bench_inference.make_model({preset!r}, pathlib.Path({str(folder)!r}))")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def make_small_model(folder: Path) -> None:
+    """The ``length`` section's model: a small RSHN (3 levels, 8 filters, 8-d embeddings, windows of 4) with random
+    weights (seed 0) whose output bias makes every pixel background (see :func:`make_model`)."""
+    import keras
+    import numpy as np
+
+    from rshn_tf.config import Config, validate
+    from rshn_tf.model_folder import create_model_folder
+    from rshn_tf.models import build_model
+
+    config = Config()
+    config.model.levels, config.model.filters, config.model.embedding_size = 3, 8, 8
+    config.data.tile_size = [128, 128]
+    config.data.sequence_length = 4
+    config.data.border_band = 0
+    config.inference.tile_overlap = 64
+    config.postprocessing.min_size = 10
+    validate(config)
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model)
+    bias = model.hourglasses[-1].output_conv.bias
+    value = np.zeros(bias.shape, np.float32)
+    value[0] = 100.0
+    bias.assign(value)
+    create_model_folder(config, model, folder)
+
+
+#: ``length`` section, ``rshn postprocess``: oracle video size on the network grid, cells, original frame size.
+LENGTH_GRID, LENGTH_CELLS, LENGTH_ORIGINAL = (128, 128), 12, (512, 512)
+
+
+def write_length_oracle(folder: Path, frames: int) -> Path:
+    """Oracle embeddings (float16) of ``frames`` frames of drifting cells and the config that post-processes them;
+    returns the config path."""
+    import numpy as np
+
+    from rshn_tf.config import Config, save_config, validate
+    from tests import cases
+
+    video = cases.drifting_disks(LENGTH_GRID, LENGTH_CELLS, frames, seed=0)
+    cases.write_oracle_embeddings(video, folder, window=8, distance=10, noise=0.05, seed=0, dtype=np.float16)
+    config = Config()
+    config.data.resampled_size = list(LENGTH_GRID)
+    config.data.tile_size = list(LENGTH_GRID)
+    config.data.border_band = 0
+    config.inference.tile_overlap = 64
+    config.postprocessing.min_size = 10
+    validate(config)
+    return save_config(config, folder.parent / f"{folder.name}.yaml")
 
 
 def frames_folder(sequence: Path, frames: int, tmp: Path) -> Path:
@@ -165,6 +247,22 @@ def worker_predict(args: argparse.Namespace) -> dict:
                 postprocessing_s=result.postprocessing_seconds / frames,
                 stages={k: v / frames for k, v in t.items()},
                 predict_s=t["total"] / frames, process_s=wall / frames, peak_mb=peak_mb(), load=load(),
+                rss_tenths_mb=sampler.tenths())
+
+
+def worker_postprocess(args: argparse.Namespace) -> dict:
+    """``rshn postprocess`` of an embeddings folder (``--input``) with its config (``--config``)."""
+    from rshn_tf.config import load_config
+    from rshn_tf.postprocess import STAGES, run_postprocess
+
+    config = load_config(args.config)
+    with RssSampler() as sampler:
+        began = time.perf_counter()
+        processor = run_postprocess(args.input, args.output, config, LENGTH_ORIGINAL)
+        seconds = time.perf_counter() - began
+    frames = processor.num_frames
+    return dict(frames=frames, postprocessing_s=seconds / frames,
+                stages={k: processor.timings[k] / frames for k in STAGES}, peak_mb=peak_mb(), load=load(),
                 rss_tenths_mb=sampler.tenths())
 
 
@@ -264,10 +362,11 @@ def worker_micro(args: argparse.Namespace) -> dict:
 # Driver
 
 
-def run(worker: str, *extra: str, stderr_file: str | None = None) -> dict:
+def run(worker: str, *extra: str, stderr_file: str | None = None, repo: Path | None = None) -> dict:
     """Run a worker subprocess and return its JSON result; its stderr (e.g. a progress bar) goes to
-    ``stderr_file`` while it runs, if given."""
-    command = [sys.executable, __file__, "--worker", worker, *extra]
+    ``stderr_file`` while it runs, if given. ``repo``: run that checkout's copy of this script (its code)."""
+    script = Path(__file__) if repo is None else Path(repo) / "benchmarks" / Path(__file__).name
+    command = [sys.executable, str(script), "--worker", worker, *extra]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if stderr_file is None:
         completed = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -290,14 +389,54 @@ def print_predict(title: str, r: dict) -> None:
           f"s/frame; peak memory {r['peak_mb']:.0f} MB", flush=True)
 
 
+def length_section(args: argparse.Namespace, tmp: Path) -> dict:
+    """Peak resident memory of ``rshn predict`` and ``rshn postprocess`` for N and 4N frames (issue 16)."""
+    from data_io.synthetic import write_synthetic_dataset
+
+    short, long = args.length_frames, 4 * args.length_frames
+    model = tmp / "small_model"
+    make_small_model(model)
+    dataset = write_synthetic_dataset(tmp / "length" / "Synthetic", frames=long, size=(512, 512), seed=0,
+                                      sequences=("01",))
+    results: dict = {}
+    print(f"length: peak resident memory against video length ({short} and {long} frames of 512 x 512)", flush=True)
+    for frames in (short, long):
+        seq = frames_folder(dataset / "01", frames, tmp)
+        results[f"predict_{frames}"] = run("predict", "--model", str(model), "--input", str(seq), "--output",
+                                           str(tmp / f"length_RES_{frames}"), "--set", "inference.full_frame=true")
+        embeddings = tmp / f"length_EMB_{frames}"
+        config = write_length_oracle(embeddings, frames)
+        results[f"postprocess_{frames}"] = run("postprocess", "--input", str(embeddings), "--config", str(config),
+                                               "--output", str(tmp / f"length_PP_{frames}"))
+        shutil.rmtree(embeddings)
+    for kind, what in (("predict", "small RSHN, random weights, all background, full frame"),
+                       ("postprocess", f"oracle embeddings of {LENGTH_CELLS} drifting cells, {LENGTH_GRID[0]} x "
+                                       f"{LENGTH_GRID[1]} grid")):
+        a, b = results[f"{kind}_{short}"], results[f"{kind}_{long}"]
+        seconds = "predict_s" if kind == "predict" else "postprocessing_s"
+        difference = b["peak_mb"] - a["peak_mb"]
+        results[f"{kind}_difference_mb"] = difference
+        print(f"  rshn {kind} ({what}): {short} frames {a['peak_mb']:.0f} MB, {long} frames {b['peak_mb']:.0f} MB: "
+              f"difference {difference:+.0f} MB (target <= 50 MB); {a[seconds]:.3f} / {b[seconds]:.3f} s per frame "
+              f"({b['load']})")
+        print(f"    {long} frames, highest resident memory in each tenth of the run: "
+              f"{' '.join(f'{v:.0f}' for v in b['rss_tenths_mb'])} MB", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", nargs="+", default=["speed", "baseline", "oracle", "memory", "micro"],
-                        choices=["speed", "baseline", "oracle", "memory", "micro"])
+    parser.add_argument("--sections", nargs="+", default=["speed", "baseline", "oracle", "memory", "length", "micro"],
+                        choices=["speed", "baseline", "oracle", "memory", "length", "micro"])
     parser.add_argument("--data", type=Path, help="folder of the CTC datasets (default: the tests' ctc_root)")
     parser.add_argument("--model", type=Path, help="trained DIC-C2DH-HeLa model folder (default: random weights)")
     parser.add_argument("--frames", type=int, default=0, help="speed: first N frames of DIC 02 (0 = all 84)")
     parser.add_argument("--speed-set", action="append", default=[], help="speed: extra --set override")
+    parser.add_argument("--speed-ab", type=Path, metavar="DIR",
+                        help="speed: also measure the code of the checkout DIR, alternating with this one (A/B)")
+    parser.add_argument("--speed-repeats", type=int, default=2, help="speed with --speed-ab: runs of each side")
+    parser.add_argument("--length-frames", type=int, default=100,
+                        help="length: N; videos of N and 4N frames are compared")
     parser.add_argument("--baseline-windows", type=int, default=2)
     parser.add_argument("--memory-frames", type=int, default=0, help="memory: first N frames of N2DL-HeLa 01")
     parser.add_argument("--memory-set", action="append", default=[],
@@ -312,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--windows", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--intra", type=int, default=0, help=argparse.SUPPRESS)
@@ -321,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.worker:
         worker = {"predict": worker_predict, "baseline": worker_baseline, "oracle": worker_oracle,
-                  "micro": worker_micro}[args.worker]
+                  "postprocess": worker_postprocess, "micro": worker_micro}[args.worker]
         print(json.dumps(worker(args)))
         return
 
@@ -339,11 +479,26 @@ def main(argv: list[str] | None = None) -> None:
         if "speed" in args.sections:
             seq = frames_folder(data / "DIC-C2DH-HeLa" / "02", args.frames, tmp)
             sets = [x for s in args.speed_set for x in ("--set", s)]
-            r = run("predict", "--model", str(dic_model), "--input", str(seq), "--output", str(tmp / "dic_RES"),
-                    *sets)
-            results["speed"] = r
-            print_predict(f"speed: rshn predict DIC-C2DH-HeLa 02, paper network ({weights} weights)"
-                          + (f", --set {' '.join(args.speed_set)}" if args.speed_set else ""), r)
+            title = (f"speed: rshn predict DIC-C2DH-HeLa 02, paper network ({weights} weights)"
+                     + (f", --set {' '.join(args.speed_set)}" if args.speed_set else ""))
+            sides = [("this checkout", None, dic_model)]
+            if args.speed_ab:  # the other checkout's model folder: its config schema may differ from this one's
+                other_model = args.model or tmp / "dic_model_ab"
+                if args.model is None:
+                    make_model_with(args.speed_ab, "DIC-C2DH-HeLa", other_model)
+                sides.append((f"checkout {args.speed_ab}", args.speed_ab, other_model))
+            repeats = args.speed_repeats if args.speed_ab else 1
+            for repeat in range(repeats):
+                for name, repo, model in sides:
+                    r = run("predict", "--model", str(model), "--input", str(seq),
+                            "--output", str(tmp / f"dic_RES_{repeat}_{name.split()[0]}"), *sets, repo=repo)
+                    results.setdefault("speed_runs", []).append(dict(r, code=name))
+                    results.setdefault("speed", r)
+                    print_predict(title + (f" [{name}, run {repeat + 1}]" if args.speed_ab else ""), r)
+            if args.speed_ab:
+                for name, _, _ in sides:
+                    seconds = ", ".join(f"{r['predict_s']:.3f}" for r in results["speed_runs"] if r["code"] == name)
+                    print(f"  {name}: predict() {seconds} s/frame")
         if "baseline" in args.sections:
             r = run("baseline", "--model", str(dic_model), "--input", str(data / "DIC-C2DH-HeLa" / "02"),
                     "--windows", str(args.baseline_windows))
@@ -383,6 +538,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"{' '.join(sets) or '(none)'}", r)
             print(f"  peak memory {r['peak_mb']:.0f} MB (target < 4096 MB); highest resident memory in each tenth of "
                   f"the run: {' '.join(f'{v:.0f}' for v in r['rss_tenths_mb'])} MB")
+        if "length" in args.sections:
+            results["length"] = length_section(args, tmp)
         if "micro" in args.sections:
             results["micro"] = []
             print("micro: one paper-network RSHN step on 256 x 256 tiles")

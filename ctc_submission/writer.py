@@ -1,7 +1,8 @@
 """Writing a Cell Tracking Challenge result folder: ``maskNNN.tif`` (uint16) per frame and ``res_track.txt``.
 
-The folder is written completely into a temporary folder next to the target and renamed into place at the end, so
-a crash never leaves a half-written result; an existing result folder is replaced only in that last step. This
+The folder is written completely into a temporary folder next to the target (frame by frame with
+:class:`CtcResultWriter`) and renamed into place at the end, so a crash never leaves a half-written result; an
+existing result folder is replaced only in that last step. This
 module must not import TensorFlow.
 """
 
@@ -77,6 +78,73 @@ def check_result_target(output_dir: str | os.PathLike) -> None:
                         f"replace it (choose another output folder or empty it)")
 
 
+def _check_ids(output_dir: Path, lowest: int, highest: int, count: int) -> None:
+    if lowest < 0:
+        raise RshnError(f"{output_dir}: negative label or track value {lowest}; CTC labels are non-negative")
+    if highest > MAX_LABEL:
+        raise RshnError(
+            f"{output_dir}: track id {highest} does not fit the uint16 masks of the CTC format (max {MAX_LABEL}); "
+            f"the result has too many tracks ({count}) for one CTC sequence"
+        )
+
+
+class CtcResultWriter:
+    """Writes a CTC result folder frame by frame into a temporary folder and renames it into place in
+    :meth:`commit`, so that the result folder is complete or absent, never half-written.
+
+    Args:
+        output_dir: The result folder (e.g. ``DATASET/01_RES``); its parent is created if needed. An existing folder
+            is replaced (in :meth:`commit`) only if it holds nothing but result files (``mask*.tif``,
+            ``res_track.txt``, ``config.yaml``).
+        tracks: (N, 4) ``L B E P`` rows (label, first frame, last frame, parent or 0); the masks hold these labels.
+        num_frames: Frames T of the result.
+        digits: Digits of the frame index in ``maskNNN.tif`` (3 or 4, as the input frames use); ``None`` picks
+            :func:`mask_digits`.
+        tmp: The temporary folder to write into (replaced if it exists; it must be on the file system of
+            ``output_dir``); default: a new hidden folder beside ``output_dir``.
+
+    Raises:
+        RshnError: If track ids do not fit uint16, the digits are wrong, or the target cannot be replaced.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, tracks: np.ndarray, num_frames: int,
+                 digits: Optional[int] = None, tmp: Optional[str | os.PathLike] = None):
+        self.output_dir = Path(output_dir)
+        self.tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
+        self.num_frames = int(num_frames)
+        self.digits = mask_digits(num_frames) if digits is None else int(digits)
+        if self.digits not in FRAME_DIGITS or num_frames > 10 ** self.digits:
+            raise RshnError(f"{self.output_dir}: cannot name {num_frames} frames with {self.digits} digits (use 3 or 4)")
+        _check_ids(self.output_dir, int(self.tracks.min(initial=0)), int(self.tracks[:, 0].max(initial=0)),
+                   len(self.tracks))
+        check_result_target(self.output_dir)
+        if tmp is None:
+            self.tmp = fresh_folder(self.output_dir, "tmp")
+        else:
+            self.tmp = Path(tmp)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir(parents=True)
+
+    def write_mask(self, t: int, labels: np.ndarray) -> None:
+        """Write ``maskNNN.tif`` of frame t (labels are stored as uint16)."""
+        write_tiff(self.tmp / f"mask{t:0{self.digits}d}.tif", np.asarray(labels).astype(np.uint16))
+
+    def commit(self, config: Optional["Config"] = None) -> Path:
+        """Write ``res_track.txt`` (and ``config.yaml`` when ``config`` is given) and rename the folder into place."""
+        write_track_file(self.tmp / "res_track.txt", self.tracks)
+        if config is not None:
+            from rshn_tf.config import save_config
+
+            save_config(config, self.tmp / "config.yaml")
+        swap_in(self.tmp, self.output_dir)
+        log.info("wrote %d masks and %d tracks to %s", self.num_frames, len(self.tracks), self.output_dir)
+        return self.output_dir
+
+    def discard(self) -> None:
+        """Remove the temporary folder."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def write_ctc_result(
     output_dir: str | os.PathLike,
     labels: np.ndarray,
@@ -84,7 +152,7 @@ def write_ctc_result(
     digits: Optional[int] = None,
     config: Optional["Config"] = None,
 ) -> Path:
-    """Write a CTC result folder atomically.
+    """Write a CTC result folder atomically (:class:`CtcResultWriter` with whole arrays).
 
     Args:
         output_dir: The result folder (e.g. ``DATASET/01_RES``); its parent is created if needed. An existing folder
@@ -107,32 +175,14 @@ def write_ctc_result(
     tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
     if labels.ndim != 3:
         raise ValueError(f"labels must be (T, H, W), got shape {labels.shape}")
-    num_frames = labels.shape[0]
-    digits = mask_digits(num_frames) if digits is None else int(digits)
-    if digits not in FRAME_DIGITS or num_frames > 10 ** digits:
-        raise RshnError(f"{output_dir}: cannot name {num_frames} frames with {digits} digits (use 3 or 4)")
     lowest = min(int(labels.min(initial=0)), int(tracks.min(initial=0)))
     highest = max(int(labels.max(initial=0)), int(tracks[:, 0].max(initial=0)))
-    if lowest < 0:
-        raise RshnError(f"{output_dir}: negative label or track value {lowest}; CTC labels are non-negative")
-    if highest > MAX_LABEL:
-        raise RshnError(
-            f"{output_dir}: track id {highest} does not fit the uint16 masks of the CTC format (max {MAX_LABEL}); "
-            f"the result has too many tracks ({len(tracks)}) for one CTC sequence"
-        )
-    check_result_target(output_dir)
-    tmp = fresh_folder(output_dir, "tmp")
+    _check_ids(output_dir, lowest, highest, len(tracks))
+    writer = CtcResultWriter(output_dir, tracks, labels.shape[0], digits)
     try:
-        for t in range(num_frames):
-            write_tiff(tmp / f"mask{t:0{digits}d}.tif", labels[t].astype(np.uint16))
-        write_track_file(tmp / "res_track.txt", tracks)
-        if config is not None:
-            from rshn_tf.config import save_config
-
-            save_config(config, tmp / "config.yaml")
-        swap_in(tmp, output_dir)
+        for t in range(labels.shape[0]):
+            writer.write_mask(t, labels[t])
+        return writer.commit(config)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.discard()
         raise
-    log.info("wrote %d masks and %d tracks to %s", num_frames, len(tracks), output_dir)
-    return output_dir

@@ -40,6 +40,14 @@ def _add_data(parser: argparse.ArgumentParser, required: bool = False) -> None:
     )
 
 
+def _add_resume(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the unfinished run writing this output from its last checkpoint (kept in .OUTPUT.partial "
+             "beside it; inference.checkpoint_every); the result equals an uninterrupted run's. Without --resume an "
+             "unfinished run is refused")
+
+
 def _config(args: argparse.Namespace, path: str | None) -> Config:
     """Load the YAML (or defaults), apply ``--set`` and ``--data``."""
     config = load_config(path, getattr(args, "overrides", []))
@@ -107,7 +115,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rshn_tf.inference import predict
 
     result = predict(args.model, args.input, args.output, overrides=args.overrides, weights=args.weights,
-                     save_embeddings=args.save_embeddings)
+                     save_embeddings=args.save_embeddings, resume=args.resume)
     print(f"wrote {result.num_frames} frames to {result.output_dir}"
           + (f"; embeddings in {result.embeddings_dir}" if result.embeddings_dir else ""))
     return 0
@@ -129,7 +137,7 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     from rshn_tf.postprocess import run_postprocess
 
     config = _config(args, args.config)
-    processor = run_postprocess(args.embeddings, args.output, config, tuple(args.original_shape))
+    processor = run_postprocess(args.embeddings, args.output, config, tuple(args.original_shape), resume=args.resume)
     print(f"wrote {processor.num_frames} frames to {args.output}")
     return 0
 
@@ -287,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for 'rshn postprocess'")
     p.add_argument("--weights", default="auto",
                    help="'best', 'last' or a .weights.h5 file (default: best when the folder holds them, else last)")
+    _add_resume(p)
     _add_set(p)
 
     p = verb("export", cmd_export,
@@ -304,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML or preset name giving the post-processing parameters")
     p.add_argument("--original-shape", nargs=2, type=int, required=True, metavar=("H", "W"),
                    help="frame size of the original images the results are resampled to")
+    _add_resume(p)
     _add_set(p)
 
     p = verb("evaluate", cmd_evaluate, "score a RES folder against CTC ground truth (SEG, TRA, DET, OP_CTB)")
@@ -401,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RshnError as exc:
-        print(f"rshn {args.verb}: error: {exc}", file=sys.stderr)
+        notes = "".join(f"\n{note}" for note in getattr(exc, "__notes__", ()))
+        print(f"rshn {args.verb}: error: {exc}{notes}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

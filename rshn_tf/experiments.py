@@ -646,13 +646,14 @@ def predict_into(model_dir: Path, input_dir: Path, res_dir: Path, embeddings_dir
                  weights: str = "last") -> dict:
     """``rshn predict`` of a model folder on one sequence (:func:`rshn_tf.inference.predict`), with the model
     folder's configuration; the embeddings are saved when ``embeddings_dir`` is given (written atomically there).
+    A prediction killed with the experiment continues from its last checkpoint when the step runs again.
 
     Returns:
         Information for the done-marker: frames and seconds per stage.
     """
     from rshn_tf.inference import predict
 
-    result = predict(model_dir, input_dir, res_dir, weights=weights, save_embeddings=embeddings_dir)
+    result = predict(model_dir, input_dir, res_dir, weights=weights, save_embeddings=embeddings_dir, resume=True)
     return {"frames": result.num_frames, "frame_steps": result.frame_steps,
             "seconds": {stage: round(value, 3) for stage, value in result.timings.items()}}
 
@@ -664,7 +665,8 @@ def _postprocess_action(config: Config, embeddings_dir: Optional[Path], input_di
         from rshn_tf.postprocess import run_postprocess
 
         frames = load_frames(input_dir)
-        processor = run_postprocess(embeddings_dir, res_dir, config, frames.frames.shape[1:], digits=frames.digits)
+        processor = run_postprocess(embeddings_dir, res_dir, config, frames.frames.shape[1:], digits=frames.digits,
+                                    resume=True)
         return {"frames": processor.num_frames,
                 "seconds_per_frame": {k: round(v / max(processor.num_frames, 1), 4)
                                       for k, v in processor.timings.items()}}

@@ -40,16 +40,19 @@ its output volume like for the RSHN (notes §2.1).
 
 ``rshn predict`` = :func:`predict`; :func:`embed_pairs` is the network part alone (for tests and benchmarks). With
 ``inference.overlap_postprocessing`` :func:`predict` post-processes each pair in a worker thread while the network
-computes the next (:func:`consume_pairs`).
+computes the next (:func:`consume_pairs`). Finished frames go to disk beside the output and the post-processing
+state is checkpointed there (:mod:`rshn_tf.run_folder`); a resumed run starts the network at the first window that
+gives a missing pair (:meth:`PairEmbedder.pairs` ``start``), which is exact because every window starts from zero
+states.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,12 +60,15 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ctc_submission.writer import check_result_target
-from data_io.ctc import list_frames, read_frame
+from ctc_submission.writer import check_result_target, swap_in
+from data_io.ctc import FrameFiles, list_frames, read_frame
 from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
 from rshn_tf.config import Config, DataConfig, resolve_predict_config, save_config
 from rshn_tf.errors import RshnError
-from rshn_tf.postprocess import PostProcessor
+from rshn_tf.label_store import fsync_path, save_atomically
+from rshn_tf.output_lock import OutputLock
+from rshn_tf.postprocess import PostProcessor, checkpoint_due, resumable
+from rshn_tf.run_folder import RunFolder, partial_path
 from rshn_tf.tiling import TileGrid, extract_tiles, tile_grid
 
 log = logging.getLogger(__name__)
@@ -360,18 +366,28 @@ class PairEmbedder:
         """RSHN with ``inference.encoded_steps``: inputs whose hourglass-0 encoding was computed (not reused)."""
         return self._recurrence.encodings if self.kind == "rshn" else 0
 
-    def pairs(self, source: FrameSource) -> Iterator[PairEmbeddings]:
-        """Yield the embeddings of pairs ⟨0, 1⟩ … ⟨T−2, T−1⟩ (⟨0, 0⟩ for T = 1) of ``source`` in order."""
+    def pairs(self, source: FrameSource, start: int = 0) -> Iterator[PairEmbeddings]:
+        """Yield the embeddings of pairs ⟨0, 1⟩ … ⟨T−2, T−1⟩ (⟨0, 0⟩ for T = 1) of ``source`` in order.
+
+        Args:
+            source: The frames.
+            start: First pair to yield (resuming): windows that give only earlier pairs do not run. Every window
+                starts from zero states (§2.5), so the pairs are those of a run from the first frame.
+        """
         windows = plan_windows(len(source), self.config.data.sequence_length)
         if self.kind == "shn":
-            yield from self._pairs_still(source, windows)
+            yield from self._pairs_still(source, windows, start)
             return
         index = 0
         for window in windows:
+            if index + len(window.pairs) <= start:
+                index += len(window.pairs)
+                continue
             source.release_before(window.start)
             run = self._window_rshn if self.kind == "rshn" else self._window_volumetric
             for first, second, frames in run(source, window):
-                yield PairEmbeddings(index, frames, first, second)
+                if index >= start:
+                    yield PairEmbeddings(index, frames, first, second)
                 index += 1
         source.release_before(len(source))
 
@@ -437,14 +453,19 @@ class PairEmbedder:
         for a, b in window.pairs:
             yield kept[a], kept[b], (a, b)
 
-    def _pairs_still(self, source: FrameSource, windows: list[Window]) -> Iterator[PairEmbeddings]:
-        """SHN: no temporal context, so every frame runs once and consecutive frames form the pairs."""
+    def _pairs_still(self, source: FrameSource, windows: list[Window], first_pair: int = 0
+                     ) -> Iterator[PairEmbeddings]:
+        """SHN: no temporal context, so every frame runs once and consecutive frames form the pairs (from pair
+        ``first_pair`` on)."""
         import tensorflow as tf
 
         cache: dict[int, np.ndarray] = {}
         index = 0
         for window in windows:
             for a, b in window.pairs:
+                if index < first_pair:
+                    index += 1
+                    continue
                 for t in (a, b):
                     if t not in cache:
                         inputs = self._inputs(source, t)
@@ -652,42 +673,67 @@ def configure_threads(threads: int) -> tuple[int, int]:
 _EMBEDDING_FILE_PATTERNS = ("pair_*.npy", "config.yaml")
 
 
+def check_embeddings_target(folder: str | os.PathLike) -> None:
+    """Check that an embeddings folder can be written: absent, or holding nothing but saved embeddings.
+
+    Raises:
+        RshnError: If the path is a file or a folder holding other files.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RshnError(f"{folder}: exists and is not a folder")
+    if folder.is_dir() and not all(
+            any(e.is_file() and e.match(p) for p in _EMBEDDING_FILE_PATTERNS) for e in folder.iterdir()):
+        raise RshnError(f"{folder}: folder exists and holds files other than saved embeddings; refusing "
+                        "to replace it (choose another --save-embeddings folder or empty it)")
+
+
 class EmbeddingWriter:
-    """Writes ``pair_NNN.npy`` (float32 (2, h, w, D) on the network grid) into a temporary folder beside the target
-    and renames it into place in :meth:`commit` (nothing half-written on a crash).
+    """Writes ``pair_NNN.npy`` (float32 (2, h, w, D) on the network grid) into the hidden folder ``.NAME.partial``
+    beside the target and renames it into place in :meth:`commit` (complete or absent, never half-written).
 
     Args:
         folder: The embeddings folder to create (an existing one is replaced only if it holds nothing but pair
             files and ``config.yaml``).
         config: The resolved configuration, saved as ``config.yaml`` beside the pairs.
+        resume: Continue writing into the existing ``.NAME.partial`` of an unfinished run (the pairs before its
+            checkpoint are there); otherwise start an empty one.
+
+    Raises:
+        RshnError: If the target cannot be replaced, or ``resume`` finds no unfinished folder.
     """
 
-    def __init__(self, folder: str | os.PathLike, config: Config):
+    def __init__(self, folder: str | os.PathLike, config: Config, resume: bool = False):
         self.folder = Path(folder)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise RshnError(f"{self.folder}: exists and is not a folder")
-        if self.folder.is_dir() and not all(
-                any(e.is_file() and e.match(p) for p in _EMBEDDING_FILE_PATTERNS) for e in self.folder.iterdir()):
-            raise RshnError(f"{self.folder}: folder exists and holds files other than saved embeddings; refusing "
-                            "to replace it (choose another --save-embeddings folder or empty it)")
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.folder.parent / f".{self.folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        check_embeddings_target(self.folder)
+        self.tmp = partial_path(self.folder)
+        self._unsynced: list[Path] = []
+        if resume:
+            if not self.tmp.is_dir():
+                raise RshnError(f"{self.tmp}: the saved embeddings of the unfinished run are missing; it cannot be "
+                                f"resumed (start it over without --resume)")
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
         save_config(config, self.tmp / "config.yaml")
 
     def write(self, index: int, pair: np.ndarray) -> None:
-        """Save pair ``index``."""
-        np.save(self.tmp / f"pair_{index:03d}.npy", np.asarray(pair, dtype=np.float32))
+        """Save pair ``index`` (atomically: a killed run leaves no half-written pair)."""
+        path = self.tmp / f"pair_{index:03d}.npy"
+        save_atomically(path, np.asarray(pair, dtype=np.float32))
+        self._unsynced.append(path)
+
+    def sync(self) -> None:
+        """Flush the pairs written since the last call to the disk (before a checkpoint counts them)."""
+        for path in self._unsynced:
+            fsync_path(path)
+        if self._unsynced:
+            fsync_path(self.tmp)
+        self._unsynced.clear()
 
     def commit(self) -> Path:
         """Move the finished folder into place."""
-        if self.folder.exists():
-            old = self.folder.parent / f".{self.folder.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(self.folder, old)
-            os.replace(self.tmp, self.folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.folder)
+        swap_in(self.tmp, self.folder)
         return self.folder
 
     def discard(self) -> None:
@@ -741,8 +787,14 @@ def predict(
     save_embeddings: Optional[str | os.PathLike] = None,
     progress: Optional[bool] = None,
     model: Any = None,
+    resume: bool = False,
 ) -> PredictionResult:
     """``rshn predict``: segment and track one sequence folder with a trained model and write a CTC result folder.
+
+    Finished frames wait on disk in ``.OUT.partial`` beside the output (:class:`~rshn_tf.run_folder.RunFolder`), so
+    memory does not grow with the video; every ``inference.checkpoint_every`` frame pairs the post-processing state
+    is saved there, and ``resume`` continues a killed run to the result an uninterrupted run gives. One process
+    at a time may write the output (and the embeddings folder): :class:`~rshn_tf.output_lock.OutputLock`.
 
     Args:
         model_dir: Model folder (``config.yaml`` + weights) written by ``rshn train``.
@@ -757,59 +809,130 @@ def predict(
             this result only approximately; exactly in full-frame mode).
         progress: Show a tqdm bar over frames (None: only on a terminal).
         model: An already loaded network of the folder (skips loading; for benchmarks and tests).
+        resume: Continue the unfinished run writing ``output_dir`` from its last checkpoint (start afresh when there
+            is none); without it, an unfinished run there is refused.
 
     Returns:
         A :class:`PredictionResult` with the timings.
 
     Raises:
-        RshnError: For a missing/empty/inconsistent input folder, a broken model folder, a bad override, or an
-            output folder that cannot be replaced.
+        RshnError: For a missing/empty/inconsistent input folder, a broken model folder, a bad override, an output
+            folder that cannot be replaced or that another process is writing, or an unfinished run without
+            ``resume`` (or one that differs from this call with it).
     """
-    from rshn_tf.model_folder import ModelFolder, load_trained_model
+    from rshn_tf.model_folder import ModelFolder
 
     wall = time.perf_counter()
     config = resolve_predict_config(ModelFolder(model_dir).read_config(), overrides)
     files = list_frames(input_dir)
     check_result_target(output_dir)  # fail before the network runs, not after
+    if save_embeddings is not None:
+        check_embeddings_target(save_embeddings)
+        if Path(save_embeddings).resolve() == Path(output_dir).resolve():
+            raise RshnError(f"{output_dir}: --save-embeddings and --output must be different folders")
+    num_frames = len(files.paths)
+    total_pairs = max(num_frames - 1, 1)
+    identity = {"command": "predict", "input": str(Path(input_dir).resolve()), "frames": num_frames,
+                "pairs": total_pairs, "original_shape": list(files.shape), "digits": files.digits,
+                "model": str(Path(model_dir).resolve()), "weights": weights,
+                "embeddings": None if save_embeddings is None else str(Path(save_embeddings).resolve())}
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(OutputLock(output_dir))
+        if save_embeddings is not None:
+            locks.enter_context(OutputLock(save_embeddings))
+        run = RunFolder.open(output_dir, identity, config, resume)
+        try:
+            result = _predict_run(model_dir, input_dir, output_dir, config, files, run, weights, save_embeddings,
+                                  progress, model)
+        except BaseException as exc:
+            resumable(run, exc)
+            raise
+        run.remove()
+    result.timings["total"] = time.perf_counter() - wall
+    timings = result.timings
+    log.info("per frame: network %.3f s (%d frame steps, %.3f s each), reading+preprocessing %.3f s, "
+             "post-processing %.3f s, total %.3f s", timings.get("network", 0.0) / num_frames, result.frame_steps,
+             timings.get("network", 0.0) / max(result.frame_steps, 1),
+             (timings.get("reading", 0.0) + timings.get("preprocessing", 0.0)) / num_frames,
+             result.postprocessing_seconds / num_frames, timings["total"] / num_frames)
+    return result
+
+
+def _predict_run(model_dir: str | os.PathLike, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                 config: Config, files: FrameFiles, run: RunFolder, weights: str,
+                 save_embeddings: Optional[str | os.PathLike], progress: Optional[bool], model: Any
+                 ) -> PredictionResult:
+    """The work of :func:`predict` once the outputs are locked and the run folder is open."""
     configure_threads(config.inference.threads)
-    if model is None:
-        model, _ = load_trained_model(model_dir, weights)
     source = FrameSource(files.paths, config.data, files.shape)
     num_frames = len(source)
-    layout = make_layout(source.shape, config)
-    embedder = PairEmbedder(model, config, layout)
-    processor = PostProcessor(config, files.shape, single_frame=num_frames == 1)
-    writer = EmbeddingWriter(save_embeddings, config) if save_embeddings is not None else None
-    log.info("predict %s: %d frames %dx%d → network grid %dx%d, %s, %d input(s) per frame in batches of %d",
-             input_dir, num_frames, *files.shape, *source.shape,
-             "full frame" if layout.full_frame else f"{layout.num_inputs} tiles", layout.num_inputs, embedder.batch)
+    total_pairs = run.identity["pairs"]
+    processor = PostProcessor(config, files.shape, single_frame=num_frames == 1, store=run.frames)
+    if run.checkpoint is not None:
+        processor.restore(*run.checkpoint)
+    writer = None
+    if save_embeddings is not None:
+        emb_partial = partial_path(Path(save_embeddings))
+        if run.checkpoint is None or emb_partial.is_dir():
+            writer = EmbeddingWriter(save_embeddings, config, resume=run.checkpoint is not None)
+        elif processor.num_pairs < total_pairs or not Path(save_embeddings).is_dir():
+            raise RshnError(f"{emb_partial}: the saved embeddings of the unfinished run in {run.folder} are "
+                            f"missing; delete {run.folder} and start over without --resume")
+        # else: all pairs were done and the embeddings committed before the run was killed
     try:
+        embedder = _run_network(model_dir, input_dir, config, files, source, processor, run, writer, weights,
+                                progress, model)
+        out = processor.finish(output_dir, files.digits, tmp=run.result_dir)
+    except BaseException:
+        if writer is not None and not run.has_checkpoint:
+            writer.discard()
+        raise
+    embeddings_dir = writer.commit() if writer is not None else (
+        Path(save_embeddings) if save_embeddings is not None else None)
+    timings = dict(source.timings)
+    if embedder is not None:
+        timings.update(embedder.timings)
+    timings.update(processor.timings)
+    return PredictionResult(out, num_frames, timings, embedder.frame_steps if embedder else 0, embeddings_dir)
+
+
+def _run_network(model_dir: str | os.PathLike, input_dir: str | os.PathLike, config: Config, files: FrameFiles,
+                 source: FrameSource, processor: PostProcessor, run: RunFolder, writer: Optional[EmbeddingWriter],
+                 weights: str, progress: Optional[bool], model: Any) -> Optional[PairEmbedder]:
+    """Run the network over the pairs the run still needs and post-process (and save) them, with checkpoints;
+    returns the embedder (None when no pair was left)."""
+    from rshn_tf.model_folder import load_trained_model
+
+    total_pairs = run.identity["pairs"]
+    num_frames = len(source)
+    embedder = None
+    if processor.num_pairs < total_pairs:
+        if model is None:
+            model, _ = load_trained_model(model_dir, weights)
+        layout = make_layout(source.shape, config)
+        embedder = PairEmbedder(model, config, layout)
+        log.info("predict %s: %d frames %dx%d → network grid %dx%d, %s, %d input(s) per frame in batches of %d%s",
+                 input_dir, num_frames, *files.shape, *source.shape,
+                 "full frame" if layout.full_frame else f"{layout.num_inputs} tiles", layout.num_inputs,
+                 embedder.batch, f", resuming at frame pair {processor.num_pairs}" if processor.num_pairs else "")
         with _progress_bar(num_frames, progress) as bar:
+            bar.update(processor.num_frames)
 
             def post_process(pair: PairEmbeddings) -> None:
                 layout.add_to(processor, pair.first, pair.second)
                 if writer is not None:
                     writer.write(pair.index, layout.full_pair(pair.first, pair.second))
+                if checkpoint_due(processor, total_pairs):
+                    if processor.num_pairs == total_pairs:
+                        processor.flush()
+                    if writer is not None:
+                        writer.sync()
+                    run.save(*processor.state())
                 bar.update(processor.num_frames - bar.n)
 
-            consume_pairs(embedder.pairs(source), post_process, config.inference.overlap_postprocessing)
-            out = processor.finish(output_dir, files.digits)
-        embeddings_dir = writer.commit() if writer is not None else None
-    except BaseException:
-        if writer is not None:
-            writer.discard()
-        raise
-    timings = dict(source.timings)
-    timings.update(embedder.timings)
-    timings.update(processor.timings)
-    timings["total"] = time.perf_counter() - wall
-    result = PredictionResult(out, num_frames, timings, embedder.frame_steps, embeddings_dir)
-    log.info("per frame: network %.3f s (%d frame steps, %.3f s each), reading+preprocessing %.3f s, "
-             "post-processing %.3f s, total %.3f s", timings.get("network", 0.0) / num_frames, embedder.frame_steps,
-             timings.get("network", 0.0) / max(embedder.frame_steps, 1),
-             (timings.get("reading", 0.0) + timings.get("preprocessing", 0.0)) / num_frames,
-             result.postprocessing_seconds / num_frames, timings["total"] / num_frames)
-    return result
+            consume_pairs(embedder.pairs(source, start=processor.num_pairs), post_process,
+                          config.inference.overlap_postprocessing)
+    return embedder
 
 
 def consume_pairs(pairs: Iterator[PairEmbeddings], consume: Any, overlap: bool) -> None:

@@ -4,7 +4,10 @@ resampling back → finalisation → writing (paper §2.3–§2.5, §4.2; refere
 :class:`PostProcessor` is a streaming consumer: ``rshn predict`` feeds it the embeddings of one frame pair at a
 time straight from the network (per tile with :meth:`PostProcessor.add_pair_tiles`), and ``rshn postprocess``
 feeds it whole network-grid pairs read from ``pair_NNN.npy`` files (:func:`run_postprocess`). Both then call
-:meth:`PostProcessor.finish`. This module must not import TensorFlow.
+:meth:`PostProcessor.finish`. Frames the tracker has finished go straight to a frame store (on disk beside the
+output, :class:`~rshn_tf.run_folder.RunFolder`), the finalisation and writing stream over it, and the state is
+checkpointed every ``inference.checkpoint_every`` pairs, so memory does not grow with the video and a killed run
+resumes. This module must not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ctc_submission.writer import mask_digits, write_ctc_result
+from ctc_submission.writer import CtcResultWriter, check_result_target
 from data_io.preprocess import network_shape
-from data_io.resample import resample_stack
+from data_io.resample import resample_2d
 from rshn_tf.clustering import cluster_tiles
-from rshn_tf.config import Config
+from rshn_tf.config import Config, TrackingConfig
 from rshn_tf.errors import RshnError
+from rshn_tf.label_store import LabelStore, MemoryLabelStore
+from rshn_tf.output_lock import OutputLock
+from rshn_tf.run_folder import RunFolder
 from rshn_tf.tiling import merge_tiles, tile_grid
-from rshn_tf.tracking import PairTracker, finalize_tracks
+from rshn_tf.tracking import PairTracker, finalize_stream
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +53,31 @@ def background_embedding(dim: int) -> np.ndarray:
 class PostProcessor:
     """Streaming post-processing of one video.
 
+    Every pair is clustered, merged and linked as it comes; frames the tracker can no longer change are resampled
+    to the original size and put into ``store`` at once (:meth:`_store`), and :meth:`finish` finalises the lineage
+    and writes the result in streaming passes over the store. With a :class:`~rshn_tf.label_store.LabelStore` on
+    disk, nothing in memory grows with the number of frames; :meth:`state` and :meth:`restore` checkpoint and
+    resume it.
+
     Args:
         config: The resolved configuration (``data``, ``inference``, ``postprocessing``, ``tracking`` are read).
         original_shape: Size (height, width) of the original frames the result is resampled back to.
         single_frame: The video has one frame: exactly one pair is added, the frame with itself ⟨0, 0⟩ (clustered
             like any pair), and the result keeps one frame. The t_length rule is not applied then, since no track of
             a one-frame video can be longer than one frame.
+        store: Where finished frames go (default: a :class:`~rshn_tf.label_store.MemoryLabelStore`, which grows
+            with the video).
     """
 
-    def __init__(self, config: Config, original_shape: Sequence[int], single_frame: bool = False):
+    def __init__(self, config: Config, original_shape: Sequence[int], single_frame: bool = False,
+                 store: Optional[LabelStore | MemoryLabelStore] = None):
         self.config = config
         self.original_shape = (int(original_shape[0]), int(original_shape[1]))
         self.shape = network_shape(self.original_shape, config.data)
         self.single_frame = bool(single_frame)
         self.grid = tile_grid(self.shape, config.inference_tile_size, config.inference.tile_overlap)
         self.tracker = PairTracker(config.tracking)
+        self.store = store if store is not None else MemoryLabelStore()
         self.timings: dict[str, float] = defaultdict(float)
         self.num_pairs = 0
 
@@ -106,46 +122,96 @@ class PostProcessor:
         self.timings["merging"] += end - mid
         self.timings["tracking"] += time.perf_counter() - end
         self.num_pairs += 1
+        self._store(self.tracker.release_finished())
+
+    def _store(self, frames: list[tuple[int, np.ndarray]]) -> None:
+        """Resample finished tracker frames to the original size and put them into the store (timed as
+        ``resampling`` and ``writing``)."""
+        resample = self.shape != self.original_shape or self.config.data.extra_scale != 1.0
+        for t, labels in frames:
+            if t >= self.num_frames:  # a single-frame video: the pair's copy of the frame
+                continue
+            start = time.perf_counter()
+            if resample:
+                labels = resample_2d(labels, self.original_shape, self.config.tracking.resample_interpolation,
+                                     scale=1.0 / self.config.data.extra_scale)
+            mid = time.perf_counter()
+            self.store.write(t, labels)
+            self.timings["resampling"] += mid - start
+            self.timings["writing"] += time.perf_counter() - mid
+
+    def flush(self) -> None:
+        """Store the frames the tracker still holds (after the last pair)."""
+        if self.num_pairs == 0:
+            raise RshnError("no frame pairs were given; a video needs at least two frames")
+        self._store(self.tracker.release_all())
+
+    def state(self) -> tuple[dict, list[np.ndarray]]:
+        """The state for a checkpoint, ``(numbers, frames)``: pairs done, frames stored, the tracker's numbers and
+        the frames it still holds. Everything before is in the store."""
+        numbers, frames = self.tracker.state()
+        return {"num_pairs": self.num_pairs, "stored": self.store.count, "tracker": numbers}, frames
+
+    def restore(self, numbers: dict, frames: Sequence[np.ndarray]) -> None:
+        """Continue from a :meth:`state` (the store must hold the frames stored then)."""
+        if self.store.count < numbers["stored"]:
+            raise RshnError(f"{getattr(self.store, 'folder', 'frame store')}: the checkpoint needs "
+                            f"{numbers['stored']} finished frames, only {self.store.count} are there; the run "
+                            f"cannot be resumed (start it over without --resume)")
+        self.num_pairs = int(numbers["num_pairs"])
+        self.tracker.restore(numbers["tracker"], frames)
+
+    def _tracking_config(self) -> TrackingConfig:
+        if self.single_frame:
+            return dataclasses.replace(self.config.tracking, min_track_length=1)
+        return self.config.tracking
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """Resample the tracked labels to the original size and finalise them (notes §5.6 order).
+        """Finalise the tracked labels at the original size (notes §5.6 order) and return them as arrays.
 
         Returns:
             ``(labels, tracks)``: (T, H, W) int32 labels at the original size and (N, 4) ``L B E P`` rows.
         """
-        if self.num_pairs == 0:
-            raise RshnError("no frame pairs were given; a video needs at least two frames")
+        self.flush()
         start = time.perf_counter()
-        labels = self.tracker.labels
-        tracking = self.config.tracking
-        if self.single_frame:
-            labels = labels[:1]
-            tracking = dataclasses.replace(tracking, min_track_length=1)
-        if labels.shape[1:] != self.original_shape or self.config.data.extra_scale != 1.0:
-            labels = resample_stack(labels, self.original_shape, tracking.resample_interpolation,
-                                    scale=1.0 / self.config.data.extra_scale)
-        mid = time.perf_counter()
-        labels, tracks = finalize_tracks(labels, tracking, self.config.data.border_band)
-        self.timings["resampling"] += mid - start
-        self.timings["finalising"] += time.perf_counter() - mid
+        tracks, masks = finalize_stream(self.store, self._tracking_config(), self.config.data.border_band)
+        labels = np.stack([frame for _, frame in masks])
+        self.timings["finalising"] += time.perf_counter() - start
         return labels, tracks
 
-    def finish(self, output_dir: str | os.PathLike, digits: Optional[int] = None) -> Path:
-        """Write the CTC result folder (``maskNNN.tif``, ``res_track.txt``, ``config.yaml``) atomically.
+    def finish(self, output_dir: str | os.PathLike, digits: Optional[int] = None,
+               tmp: Optional[str | os.PathLike] = None) -> Path:
+        """Finalise and write the CTC result folder (``maskNNN.tif``, ``res_track.txt``, ``config.yaml``)
+        atomically, one frame at a time.
 
         Args:
             output_dir: Result folder, e.g. ``DATASET/01_RES``.
             digits: Frame-index digits of the mask names (those of the input frames); ``None``: 3, or 4 for more
                 than 1000 frames.
+            tmp: Folder to write the result into before it is renamed to ``output_dir`` (default: a new hidden
+                folder beside it).
 
         Returns:
             The result folder.
         """
-        labels, tracks = self.result()
+        self.flush()
         start = time.perf_counter()
-        digits = mask_digits(labels.shape[0]) if digits is None else digits
-        out = write_ctc_result(output_dir, labels, tracks, digits=digits, config=self.config)
-        self.timings["writing"] += time.perf_counter() - start
+        tracks, masks = finalize_stream(self.store, self._tracking_config(), self.config.data.border_band)
+        writer = CtcResultWriter(output_dir, tracks, self.store.count, digits, tmp=tmp)
+        writing = 0.0
+        try:
+            for t, labels in masks:
+                began = time.perf_counter()
+                writer.write_mask(t, labels)
+                writing += time.perf_counter() - began
+            began = time.perf_counter()
+            out = writer.commit(self.config)
+            writing += time.perf_counter() - began
+        except BaseException:
+            writer.discard()
+            raise
+        self.timings["finalising"] += time.perf_counter() - start - writing
+        self.timings["writing"] += writing
         frames = max(self.num_frames, 1)
         log.info("post-processing per frame: %s", ", ".join(
             f"{stage} {self.timings[stage] / frames:.3f} s" for stage in STAGES))
@@ -185,14 +251,37 @@ def _load_pair(path: Path, shape: tuple[int, int], dim: Optional[int]) -> np.nda
     return pair
 
 
+def checkpoint_due(processor: PostProcessor, total_pairs: int) -> bool:
+    """Whether a checkpoint is due after the pair just added: every ``inference.checkpoint_every`` pairs, and after
+    the last pair (then :meth:`PostProcessor.flush` must run first)."""
+    every = processor.config.inference.checkpoint_every
+    return every > 0 and (processor.num_pairs % every == 0 or processor.num_pairs == total_pairs)
+
+
+def resumable(run: RunFolder, exc: BaseException) -> None:
+    """After a failure: remove the run's folder when it has no checkpoint, and tell the user (a note on ``exc``)
+    where the unfinished run is and how to continue it."""
+    run.discard_if_empty()
+    if hasattr(exc, "add_note"):
+        exc.add_note(run.resume_hint())
+    else:  # Python 3.10: the CLI prints __notes__ of user errors itself
+        exc.__notes__ = [*getattr(exc, "__notes__", []), run.resume_hint()]
+
+
 def run_postprocess(
     embeddings_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     config: Config,
     original_shape: Sequence[int],
     digits: Optional[int] = None,
+    resume: bool = False,
 ) -> PostProcessor:
     """``rshn postprocess``: run the whole post-processing of ``predict`` on saved pair embeddings.
+
+    The finished frames wait on disk beside the output (:class:`~rshn_tf.run_folder.RunFolder`), so memory does not
+    grow with the video; a checkpoint every ``inference.checkpoint_every`` pairs lets a killed run continue with
+    ``resume`` to the same result. Only one process may write ``output_dir`` at a time
+    (:class:`~rshn_tf.output_lock.OutputLock`).
 
     Args:
         embeddings_dir: Folder of ``pair_000.npy`` … ``pair_{T-2}.npy``, each float32 (2, h, w, D): the
@@ -201,19 +290,39 @@ def run_postprocess(
         config: The resolved configuration.
         original_shape: Original frame size (height, width) the result is resampled to.
         digits: Frame-index digits of the mask names (default: 3, or 4 above 1000 frames).
+        resume: Continue the unfinished run writing ``output_dir`` from its last checkpoint (start afresh when there
+            is none); without it, an unfinished run there is refused.
 
     Returns:
         The finished :class:`PostProcessor` (its ``timings`` hold seconds per stage).
 
     Raises:
-        RshnError: On missing pairs, wrong shapes or unreadable files.
+        RshnError: On missing pairs, wrong shapes or unreadable files, an output another process is writing, or an
+            unfinished run without ``resume``.
     """
     files = list_pair_files(embeddings_dir)
-    processor = PostProcessor(config, original_shape)
-    dim = _load_pair(files[0], processor.shape, None).shape[3]
+    shape = network_shape((int(original_shape[0]), int(original_shape[1])), config.data)
+    dim = _load_pair(files[0], shape, None).shape[3]
     for path in files[1:]:  # check every file before the (slow) processing starts
-        _load_pair(path, processor.shape, dim)
-    for path in files:
-        processor.add_pair(np.asarray(_load_pair(path, processor.shape, dim), dtype=np.float32))
-    processor.finish(output_dir, digits)
+        _load_pair(path, shape, dim)
+    check_result_target(output_dir)
+    identity = {"command": "postprocess", "embeddings": str(Path(embeddings_dir).resolve()), "pairs": len(files),
+                "original_shape": [int(original_shape[0]), int(original_shape[1])], "digits": digits}
+    with OutputLock(output_dir):
+        run = RunFolder.open(output_dir, identity, config, resume)
+        processor = PostProcessor(config, original_shape, store=run.frames)
+        try:
+            if run.checkpoint is not None:
+                processor.restore(*run.checkpoint)
+            for path in files[processor.num_pairs:]:
+                processor.add_pair(np.asarray(_load_pair(path, processor.shape, dim), dtype=np.float32))
+                if checkpoint_due(processor, len(files)):
+                    if processor.num_pairs == len(files):
+                        processor.flush()
+                    run.save(*processor.state())
+            processor.finish(output_dir, digits, tmp=run.result_dir)
+        except BaseException as exc:
+            resumable(run, exc)
+            raise
+        run.remove()
     return processor

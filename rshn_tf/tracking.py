@@ -6,20 +6,26 @@ Two stages:
 * :class:`PairTracker` (network grid, incremental): links the labels of consecutive frame pairs ⟨t, t+1⟩ and
   ⟨t+1, t+2⟩ by greedy highest IoU on the shared frame t+1, gives unmatched instances of frame t+2 new ids and
   repairs false mitoses that split and re-merge within t_merge frames.
-* :func:`finalize_tracks` (original grid, after resampling back): removes parent-less tracks shorter than
+  Only the last ``merge_search_frames`` + 2 frames can still change; older ones are handed out
+  (:meth:`PairTracker.release_finished`), so the tracker's memory does not grow with the video.
+* :func:`finalize_stream` (original grid, after resampling back): removes parent-less tracks shorter than
   t_length, removes instances lying wholly inside the un-annotated CTC border band (splitting their tracks),
   numbers tracks 1..N, finds the parent of every new track by IoU with previous frames and makes the lineage
-  consistent with the CTC rules (a parent ends before its children start; ids are never reused).
+  consistent with the CTC rules (a parent ends before its children start; ids are never reused). It reads the
+  frames one at a time from a store (:class:`LabelFrames`, e.g. on disk); :func:`finalize_tracks` runs it on an
+  array.
 
 Everything works on whole label images with counting (``np.bincount``) and bounding boxes
-(``scipy.ndimage.find_objects``); Python loops run over tracks or events, never over the pixels of an image per
-label. This module must not import TensorFlow.
+(``scipy.ndimage.find_objects``); Python loops run over tracks, instances or events, never over the pixels of an
+image per label. This module must not import TensorFlow.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass
+from typing import Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -92,7 +98,11 @@ def greedy_iou_matching(previous: np.ndarray, current: np.ndarray, threshold: fl
 class PairTracker:
     """Incremental linking of 2-frame label images into one label stack with track ids (paper §2.5, Fig. 5).
 
-    Feed the pairs ⟨0, 1⟩, ⟨1, 2⟩, … in order with :meth:`add_pair`; :attr:`labels` is the (T, H, W) stack.
+    Feed the pairs ⟨0, 1⟩, ⟨1, 2⟩, … in order with :meth:`add_pair`. Only the last :attr:`window` frames can still
+    change (pair linking reads the last frame, the t_merge repair relabels at most ``merge_search_frames`` + 1
+    frames back and looks one frame further), so :meth:`release_finished` hands out every older frame for good and
+    the tracker's memory does not grow with the video. :attr:`labels` is the (T, H, W) stack while nothing has been
+    released.
 
     Args:
         config: ``link_iou_threshold``, ``merge_search_frames`` and ``parent_iou_threshold`` are read.
@@ -100,15 +110,67 @@ class PairTracker:
 
     def __init__(self, config: TrackingConfig):
         self.config = config
-        self.frames: list[np.ndarray] = []
+        #: Frames that later pairs may still read or relabel (``merge_search_frames`` + 2).
+        self.window = config.merge_search_frames + 2
+        self._frames: list[np.ndarray] = []
+        self._offset = 0  # global index of self._frames[0]
         self._first: dict[int, int] = {}
         self._last: dict[int, int] = {}
         self._next_id = 1
 
     @property
+    def num_frames(self) -> int:
+        """Frames tracked so far (released or not)."""
+        return self._offset + len(self._frames)
+
+    @property
     def labels(self) -> np.ndarray:
-        """The tracked label stack (T, H, W) int32 (a copy)."""
-        return np.stack(self.frames) if self.frames else np.zeros((0, 0, 0), dtype=np.int32)
+        """The tracked label stack (T, H, W) int32 (a copy); only while no frame has been released."""
+        if self._offset:
+            raise ValueError(f"frames 0 … {self._offset - 1} were released; the whole stack is no longer held")
+        return np.stack(self._frames) if self._frames else np.zeros((0, 0, 0), dtype=np.int32)
+
+    def release_finished(self) -> list[tuple[int, np.ndarray]]:
+        """Hand out the frames no later pair can change, in order, and forget them.
+
+        Returns:
+            ``(t, labels)`` for every frame t older than the last :attr:`window` frames not released before.
+        """
+        count = max(len(self._frames) - self.window, 0)
+        return self._release(count)
+
+    def release_all(self) -> list[tuple[int, np.ndarray]]:
+        """Hand out every frame not released yet (after the last pair), in order."""
+        return self._release(len(self._frames))
+
+    def _release(self, count: int) -> list[tuple[int, np.ndarray]]:
+        released = list(enumerate(self._frames[:count], start=self._offset))
+        del self._frames[:count]
+        self._offset += count
+        return released
+
+    def _frame(self, t: int) -> np.ndarray:
+        if t < self._offset:
+            raise RuntimeError(f"frame {t} was released before the tracker finished with it")
+        return self._frames[t - self._offset]
+
+    def state(self) -> tuple[dict, list[np.ndarray]]:
+        """The tracker's state for a checkpoint: ``(numbers, frames)``; :meth:`restore` takes it back.
+
+        ``numbers`` holds plain integers and lists (JSON-serialisable), ``frames`` the frames not released yet.
+        """
+        labels = list(self._first)
+        numbers = {"offset": self._offset, "next_id": self._next_id, "labels": labels,
+                   "first": [self._first[k] for k in labels], "last": [self._last[k] for k in labels]}
+        return numbers, list(self._frames)
+
+    def restore(self, numbers: dict, frames: Sequence[np.ndarray]) -> None:
+        """Continue from a :meth:`state` (the frames before ``offset`` were released before it was taken)."""
+        self._offset = int(numbers["offset"])
+        self._next_id = int(numbers["next_id"])
+        self._first = {int(k): int(v) for k, v in zip(numbers["labels"], numbers["first"])}
+        self._last = {int(k): int(v) for k, v in zip(numbers["labels"], numbers["last"])}
+        self._frames = [np.asarray(f, dtype=np.int32) for f in frames]
 
     def add_pair(self, pair: np.ndarray) -> None:
         """Link one 2-frame label image ⟨t+1, t+2⟩ to the stack and append its frame t+2.
@@ -125,16 +187,18 @@ class PairTracker:
         pair = np.asarray(pair)
         if pair.ndim != 3 or pair.shape[0] != 2:
             raise ValueError(f"a frame pair must have shape (2, H, W), got {pair.shape}")
-        if self.frames and pair.shape[1:] != self.frames[-1].shape:
-            raise ValueError(f"pair of size {pair.shape[1:]} does not match the stack's {self.frames[-1].shape}")
+        if self._frames and pair.shape[1:] != self._frames[-1].shape:
+            raise ValueError(f"pair of size {pair.shape[1:]} does not match the stack's {self._frames[-1].shape}")
         pair = pair.astype(np.int32, copy=False)
-        if not self.frames:
+        if not self.num_frames:
             pair = relabel_consecutive(pair)
             self._next_id = int(pair.max(initial=0)) + 1
             for t in (0, 1):
                 self._append(pair[t])
             return
-        mapping = greedy_iou_matching(self.frames[-1], pair[0], self.config.link_iou_threshold)
+        if not self._frames:
+            raise ValueError("all frames were released; no pair can follow release_all()")
+        mapping = greedy_iou_matching(self._frames[-1], pair[0], self.config.link_iou_threshold)
         second = pair[1]
         present = np.flatnonzero(np.bincount(second.ravel(), minlength=1))
         lut = np.zeros(int(present[-1]) + 1, dtype=np.int32)
@@ -148,8 +212,8 @@ class PairTracker:
         self._repair()
 
     def _append(self, frame: np.ndarray) -> None:
-        t = len(self.frames)
-        self.frames.append(frame)
+        t = self.num_frames
+        self._frames.append(frame)
         for label in np.flatnonzero(np.bincount(frame.ravel()))[1:]:
             self._first.setdefault(int(label), t)
             self._last[int(label)] = t
@@ -163,8 +227,8 @@ class PairTracker:
         of b that re-merged: the whole track a is relabelled to b. A track starting in frame 0 has no frame before;
         the code repairs it anyway, the paper not (``merge_first_frame_tracks``).
         """
-        t2 = len(self.frames) - 1
-        before, after = self.frames[t2 - 1], self.frames[t2]
+        t2 = self.num_frames - 1
+        before, after = self._frame(t2 - 1), self._frame(t2)
         ids_a, ids_b, inter = overlap_counts(before, after)
         keep = (ids_a > 0) & (ids_b > 0)
         ids_a, ids_b, inter = ids_a[keep], ids_b[keep], inter[keep]
@@ -185,10 +249,10 @@ class PairTracker:
                 continue
             if first == 0 and not self.config.merge_first_frame_tracks:
                 continue
-            if first > 0 and self._best_overlap(self.frames[first] == a, self.frames[first - 1]) != b:
+            if first > 0 and self._best_overlap(self._frame(first) == a, self._frame(first - 1)) != b:
                 continue
             for t in range(first, last + 1):
-                frame = self.frames[t]
+                frame = self._frame(t)
                 frame[frame == a] = b
             self._first[b] = min(self._first[b], first)
             self._last[b] = max(self._last[b], last)
@@ -213,6 +277,37 @@ def disk(radius: int) -> np.ndarray:
     return r[:, None] ** 2 + r[None, :] ** 2 <= radius ** 2
 
 
+class LabelFrames(Protocol):
+    """Read access to a (T, H, W) label stack frame by frame (in memory, or on disk:
+    :class:`rshn_tf.label_store.LabelStore`)."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, t: int) -> np.ndarray:
+        """Frame t, (H, W) integer labels."""
+
+    def read_box(self, t: int, box: tuple[slice, slice]) -> np.ndarray:
+        """The part ``box`` of frame t."""
+
+
+class ArrayFrames:
+    """:class:`LabelFrames` of an in-memory (T, H, W) array."""
+
+    def __init__(self, labels: np.ndarray):
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def read(self, t: int) -> np.ndarray:
+        """Frame t."""
+        return self.labels[t]
+
+    def read_box(self, t: int, box: tuple[slice, slice]) -> np.ndarray:
+        """The part ``box`` of frame t."""
+        return self.labels[t][box]
+
+
 @dataclass
 class _Segment:
     src: int  # label of the segment in the input stack
@@ -222,56 +317,105 @@ class _Segment:
     alive: bool = True
 
 
-class _Lineage:
-    """Tracks as contiguous segments of input labels; masks are only relabelled once at the end."""
+@dataclass
+class _FrameStats:
+    """The instances of one frame: labels (ascending), areas, bounding boxes (y0, y1, x0, x1) and the pixels
+    inside the border band's inner rectangle (``inner``, only with a border band): 36 bytes per instance."""
 
-    def __init__(self, labels: np.ndarray):
-        self.labels = labels
-        self.T = labels.shape[0]
-        max_label = int(labels.max(initial=0))
-        self.areas = np.stack([np.bincount(f.ravel(), minlength=max_label + 1) for f in labels])
-        self.areas[:, 0] = 0
-        self.segment_of = np.full(self.areas.shape, -1, dtype=np.int64)
+    ids: np.ndarray
+    areas: np.ndarray
+    boxes: np.ndarray
+    inner: Optional[np.ndarray]
+
+    def position(self, src: int) -> int:
+        """Index of label ``src`` in :attr:`ids`, or -1 when it is absent."""
+        i = int(np.searchsorted(self.ids, src))
+        return i if i < self.ids.size and self.ids[i] == src else -1
+
+
+def frame_stats(frame: np.ndarray, border_band: int = 0) -> _FrameStats:
+    """Labels, areas, bounding boxes and (with ``border_band`` > 0) inner-rectangle pixels of one label frame."""
+    counts = np.bincount(frame.ravel())
+    ids = np.flatnonzero(counts)
+    ids = ids[ids > 0]
+    objects = ndimage.find_objects(frame)
+    boxes = np.array([(o[0].start, o[0].stop, o[1].start, o[1].stop) for o in (objects[i - 1] for i in ids)],
+                     dtype=np.int32).reshape(-1, 4)
+    inner = None
+    if border_band > 0:
+        H, W = frame.shape
+        inner = np.bincount(frame[border_band:H - border_band, border_band:W - border_band].ravel(),
+                            minlength=counts.size)[ids]
+    return _FrameStats(ids.astype(np.int32), counts[ids].astype(np.int64), boxes, inner)
+
+
+class _Lineage:
+    """Tracks as contiguous segments of input labels; masks are only relabelled once at the end.
+
+    Nothing per pixel is held: one streaming pass over the frames collects the instances of every frame
+    (:class:`_FrameStats`, a few numbers per instance), and the parent search reads the few boxes it needs.
+    """
+
+    def __init__(self, frames: LabelFrames, border_band: int = 0):
+        self.frames = frames
+        self.T = len(frames)
+        self.stats: list[_FrameStats] = []
+        self.shape: tuple[int, int] = (0, 0)
+        runs: list[tuple[int, int, int]] = []  # (label, first, last)
+        open_runs: dict[int, int] = {}  # label -> first frame of its current run
+        for t in range(self.T):
+            frame = np.asarray(frames.read(t))
+            self.shape = frame.shape
+            stats = frame_stats(frame, border_band)
+            self.stats.append(stats)
+            present = set(stats.ids.tolist())
+            for label in [k for k in open_runs if k not in present]:
+                runs.append((label, open_runs.pop(label), t - 1))
+            for label in stats.ids.tolist():
+                open_runs.setdefault(label, t)
+        runs.extend((label, first, self.T - 1) for label, first in open_runs.items())
         self.segments: list[_Segment] = []
-        self._objects: dict[int, list] = {}
-        present = np.zeros((self.T + 2, max_label + 1), dtype=np.int8)
-        present[1:-1] = self.areas > 0
-        change = np.diff(present, axis=0)
-        starts_t, starts_l = np.nonzero(change == 1)
-        ends_t, ends_l = np.nonzero(change == -1)
-        starts = sorted(zip(starts_l.tolist(), starts_t.tolist()))
-        ends = sorted(zip(ends_l.tolist(), (ends_t - 1).tolist()))
-        for (label, first), (_, last) in zip(starts, ends):
+        self._by_src: dict[int, list[int]] = {}  # label -> its alive segments, by first frame
+        for label, first, last in sorted(runs):
             self.add(label, first, last)
-        gaps = len(self.segments) - len(set(s.src for s in self.segments))
+        gaps = len(self.segments) - len(self._by_src)
         if gaps:
             log.info("%d tracks vanish in some frame and reappear (e.g. after resampling); split them", gaps)
 
     def add(self, src: int, first: int, last: int, parent: int = -1) -> int:
         index = len(self.segments)
         self.segments.append(_Segment(src, first, last, parent))
-        self.segment_of[first:last + 1, src] = index
+        indices = self._by_src.setdefault(src, [])
+        indices.insert(bisect.bisect_left(indices, first, key=lambda i: self.segments[i].first), index)
         return index
 
     def remove(self, index: int) -> None:
         seg = self.segments[index]
         seg.alive = False
-        self.segment_of[seg.first:seg.last + 1, seg.src] = -1
+        self._by_src[seg.src].remove(index)
 
     def split(self, index: int, frame: int) -> int:
         """Cut segment ``index`` before ``frame``; the part from ``frame`` on becomes a new segment."""
         seg = self.segments[index]
-        new = self.add(seg.src, frame, seg.last)
+        last = seg.last
         seg.last = frame - 1
-        return new
+        return self.add(seg.src, frame, last)
+
+    def segment_at(self, t: int, src: int) -> int:
+        """The alive segment of label ``src`` containing frame t, or -1."""
+        indices = self._by_src.get(src)
+        if not indices:
+            return -1
+        k = bisect.bisect_right(indices, t, key=lambda i: self.segments[i].first) - 1
+        return indices[k] if k >= 0 and self.segments[indices[k]].last >= t else -1
+
+    def area(self, t: int, src: int) -> int:
+        stats = self.stats[t]
+        i = stats.position(src)
+        return int(stats.areas[i]) if i >= 0 else 0
 
     def alive(self) -> list[int]:
         return [i for i, s in enumerate(self.segments) if s.alive]
-
-    def objects(self, t: int) -> list:
-        if t not in self._objects:
-            self._objects[t] = ndimage.find_objects(self.labels[t])
-        return self._objects[t]
 
     def find_parent(self, index: int, config: TrackingConfig) -> int:
         """Parent of a segment by IoU with previous frames (notes §5.7); -1 when none.
@@ -286,38 +430,42 @@ class _Lineage:
             return -1
         k = min(config.parent_search_frames, f)
         radius = config.parent_dilation // 2
-        box = self.objects(f)[seg.src - 1]
-        H, W = self.labels.shape[1:]
-        box = (slice(max(box[0].start - radius, 0), min(box[0].stop + radius, H)),
-               slice(max(box[1].start - radius, 0), min(box[1].stop + radius, W)))
-        mask = self.labels[f][box] == seg.src
+        y0, y1, x0, x1 = self.stats[f].boxes[self.stats[f].position(seg.src)].tolist()
+        H, W = self.shape
+        box = (slice(max(y0 - radius, 0), min(y1 + radius, H)), slice(max(x0 - radius, 0), min(x1 + radius, W)))
+        mask = self.frames.read_box(f, box) == seg.src
         if radius > 0:
             mask = ndimage.binary_dilation(mask, structure=disk(radius))
-        block = self.labels[f - k:f][(slice(None),) + box][:, mask]  # (k, n) labels under the mask
-        frames = np.broadcast_to(np.arange(f - k, f)[:, None], block.shape)
-        candidates = self.segment_of[frames, block]
-        candidates = candidates[candidates >= 0]
-        if candidates.size == 0:
+        counts: dict[int, int] = {}  # candidate segment -> pixels of the block under the mask
+        for t in range(f - k, f):
+            under = np.bincount(np.asarray(self.frames.read_box(t, box))[mask])
+            for src in np.flatnonzero(under).tolist():
+                candidate = self.segment_at(t, src)
+                if candidate >= 0:
+                    counts[candidate] = counts.get(candidate, 0) + int(under[src])
+        if not counts:
             return -1
-        inter = np.bincount(candidates)
-        ids = np.flatnonzero(inter)
-        inter = inter[ids]
+        ids = np.array(sorted(counts), dtype=np.int64)
+        inter = np.array([counts[i] for i in ids.tolist()], dtype=np.int64)
         volume = np.zeros(ids.size)
-        for j, cand in enumerate(ids):
+        for j, cand in enumerate(ids.tolist()):
             other = self.segments[cand]
             lo, hi = max(other.first, f - k), min(other.last, f - 1)
-            volume[j] = self.areas[lo:hi + 1, other.src].sum()
+            volume[j] = sum(self.area(t, other.src) for t in range(lo, hi + 1))
         iou = inter / (k * mask.sum() + volume - inter)
         best = int(np.argmax(iou))
         return int(ids[best]) if iou[best] > config.parent_iou_threshold else -1
 
 
-def finalize_tracks(
-    labels: np.ndarray, config: TrackingConfig, border_band: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Finish the tracking result at the original resolution (notes §5.6–§5.7, paper §2.5, §4.2).
+def finalize_stream(
+    frames: LabelFrames,
+    config: TrackingConfig,
+    border_band: int,
+) -> tuple[np.ndarray, Iterator[tuple[int, np.ndarray]]]:
+    """Finish the tracking result at the original resolution (notes §5.6–§5.7, paper §2.5, §4.2), streaming.
 
-    Steps, in the order of the authors' code:
+    Reads the frames twice in order (once to collect the instances, once to relabel them) and a few bounding boxes
+    in between; memory holds a few numbers per instance (label, area, box) but no image beyond the current one. Steps, in the order of the authors' code:
 
     0. Tracks that vanish in some frame and reappear (possible after resampling to the original size) are split
        into contiguous pieces.
@@ -331,18 +479,15 @@ def finalize_tracks(
        continuation. Ids are never reused.
 
     Args:
-        labels: (T, H, W) integer label stack with track ids (e.g. :attr:`PairTracker.labels` resampled back).
+        frames: The (T, H, W) integer label stack with track ids (e.g. the tracker's frames resampled back).
         config: ``min_track_length``, ``parent_dilation``, ``parent_search_frames``, ``parent_iou_threshold``.
         border_band: Width in pixels of the un-annotated image rim (``data.border_band``); 0 = no removal.
 
     Returns:
-        ``(labels, tracks)``: the final (T, H, W) int32 labels and an (N, 4) int64 array of ``L B E P`` rows.
+        ``(tracks, masks)``: the (N, 4) int64 array of ``L B E P`` rows, sorted by label, and an iterator over
+        ``(t, labels)`` with the final (H, W) labels of every frame in order (it reads ``frames`` again as it goes).
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise ValueError(f"labels must be (T, H, W), got {labels.shape}")
-    labels = labels.astype(np.int32, copy=False)
-    lineage = _Lineage(labels)
+    lineage = _Lineage(frames, border_band)
 
     # 1. t_length, only for tracks without a parent
     for index in lineage.alive():
@@ -352,17 +497,12 @@ def finalize_tracks(
 
     # 2. instances wholly inside the border band
     if border_band > 0:
-        T, H, W = labels.shape
-        inner = np.stack([
-            np.bincount(f[border_band:H - border_band, border_band:W - border_band].ravel(),
-                        minlength=lineage.areas.shape[1]) for f in labels
-        ])
-        frames, srcs = np.nonzero((lineage.areas > 0) & (inner == 0))
         events: dict[int, list[int]] = {}
-        for t, src in zip(frames.tolist(), srcs.tolist()):
-            index = int(lineage.segment_of[t, src])
-            if index >= 0:
-                events.setdefault(index, []).append(t)
+        for t, stats in enumerate(lineage.stats):
+            for src in stats.ids[stats.inner == 0].tolist():
+                index = lineage.segment_at(t, src)
+                if index >= 0:
+                    events.setdefault(index, []).append(t)
         for index, deleted in events.items():
             seg = lineage.segments[index]
             lineage.remove(index)
@@ -398,15 +538,43 @@ def finalize_tracks(
             if o.parent == parent and o.first > c.first:
                 o.parent = continuation
 
-    # relabel the masks once
-    ids = np.zeros(len(lineage.segments) + 1, dtype=np.int64)  # segment index -> final id; index -1 -> 0
-    for index, n in final_id.items():
-        ids[index] = n
-    out = np.empty_like(labels)
-    for t in range(labels.shape[0]):
-        out[t] = ids[lineage.segment_of[t]][labels[t]]
-    rows = [(n, lineage.segments[i].first, lineage.segments[i].last, ids[lineage.segments[i].parent])
+    rows = [(n, lineage.segments[i].first, lineage.segments[i].last, final_id.get(lineage.segments[i].parent, 0))
             for i, n in final_id.items()]
     tracks = np.array(rows, dtype=np.int64).reshape(-1, 4)
     tracks = tracks[np.argsort(tracks[:, 0], kind="stable")]
+
+    def masks() -> Iterator[tuple[int, np.ndarray]]:
+        """Relabel the masks once, frame by frame."""
+        for t in range(lineage.T):
+            frame = np.asarray(frames.read(t))
+            ids = lineage.stats[t].ids
+            lut = np.zeros(int(ids[-1]) + 1 if ids.size else 1, dtype=frame.dtype)
+            for src in ids.tolist():
+                lut[src] = final_id.get(lineage.segment_at(t, src), 0)
+            yield t, lut[frame]
+
+    return tracks, masks()
+
+
+def finalize_tracks(
+    labels: np.ndarray, config: TrackingConfig, border_band: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`finalize_stream` of an in-memory label stack.
+
+    Args:
+        labels: (T, H, W) integer label stack with track ids (e.g. :attr:`PairTracker.labels` resampled back).
+        config: The tracking settings (see :func:`finalize_stream`).
+        border_band: Width in pixels of the un-annotated image rim (``data.border_band``); 0 = no removal.
+
+    Returns:
+        ``(labels, tracks)``: the final (T, H, W) int32 labels and an (N, 4) int64 array of ``L B E P`` rows.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (T, H, W), got {labels.shape}")
+    labels = labels.astype(np.int32, copy=False)
+    out = np.empty_like(labels)
+    tracks, masks = finalize_stream(ArrayFrames(labels), config, border_band)
+    for t, frame in masks:
+        out[t] = frame
     return out, tracks

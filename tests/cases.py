@@ -403,6 +403,39 @@ def drifting_disks(shape: tuple[int, int], cells: int, frames: int, radius: tupl
     return video
 
 
+def messy_video(shape: tuple[int, int], cells: int, frames: int, seed: int = 0) -> np.ndarray:
+    """A :func:`drifting_disks` video with the events that exercise tracking and lineage: cells that split in two
+    for 1–3 frames and merge again (false mitoses, t_merge), split for good (divisions, parents), vanish for a
+    frame and come back, and one-frame speckles (t_length); ids of new pieces are new labels."""
+    rng = np.random.default_rng(seed)
+    video = drifting_disks(shape, cells, frames, radius=(7.0, 11.0), seed=seed)
+    next_label = int(video.max()) + 1
+    for _ in range(frames // 2):
+        t = int(rng.integers(1, frames))
+        present = np.unique(video[t])[1:]
+        if present.size == 0:
+            continue
+        label = int(rng.choice(present))
+        event = rng.choice(["false_split", "division", "vanish", "speckle"])
+        if event == "vanish":
+            video[t][video[t] == label] = 0
+        elif event == "speckle":
+            cy, cx = rng.uniform(4, shape[0] - 4), rng.uniform(4, shape[1] - 4)
+            free = disk_mask(shape, cy, cx, 3.0) & (video[t] == 0)
+            video[t][free] = next_label
+            next_label += 1
+        else:
+            last = frames if event == "division" else min(t + int(rng.integers(1, 4)), frames)
+            for u in range(t, last):
+                mask = video[u] == label
+                if not mask.any():
+                    break
+                xs = np.nonzero(mask)[1]
+                video[u][mask & (np.arange(shape[1])[None, :] > np.median(xs))] = next_label
+            next_label += 1
+    return video
+
+
 def oracle_video(shape: tuple[int, int], cells: int, frames: int, window: int, distance: float,
                  noise: float = 0.05, radius: tuple[float, float] = (8.0, 12.0), seed: int = 0
                  ) -> tuple[np.ndarray, list[np.ndarray]]:

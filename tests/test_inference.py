@@ -8,6 +8,10 @@ is independent of the streaming path under test.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -594,3 +598,101 @@ def test_predict_errors_are_clear(model_dir, short_video, tmp_path, capsys):
     assert (occupied / "notes.txt").read_text() == "keep me"
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints, --resume and one writer per output (issue 16)
+
+
+def folder_bytes(folder):
+    """Every file of a folder (relative name → bytes)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def predict_reference(model_dir, synthetic_dataset, tmp_path_factory):
+    """The first 12 frames of the synthetic sequence 01, the predict arguments (checkpoints every 3 pairs) and the
+    uninterrupted result and embeddings."""
+    root = tmp_path_factory.mktemp("resume")
+    video = root / "01"
+    video.mkdir()
+    for t in range(12):
+        write_tiff(video / f"t{t:03d}.tif", read_tiff(synthetic_dataset / "01" / f"t{t:03d}.tif"))
+    args = ["--model", str(model_dir), "--input", str(video), "--set", "inference.checkpoint_every=3",
+            "--set", "postprocessing.min_size=12"]
+    assert main(["predict", *args, "--output", str(root / "RES"), "--save-embeddings", str(root / "EMB")]) == 0
+    return args, folder_bytes(root / "RES"), folder_bytes(root / "EMB")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, n", [
+    ("pair", 5),               # between checkpoints 1 and 2: windows 3… run again
+    ("checkpoint", 2),         # half of checkpoint 2 written
+    ("mask", 4),               # finalisation: the result half written
+    ("embeddings_commit", 1),  # the result is in place, the embeddings not yet
+])
+def test_killed_predict_resumes_to_the_identical_result(predict_reference, tmp_path, capsys, point, n):
+    from tests.conftest import REPO_ROOT
+
+    args, result, embeddings = predict_reference
+    out, emb = tmp_path / "RES", tmp_path / "EMB"
+    outputs = ["--output", str(out), "--save-embeddings", str(emb)]
+    killed = subprocess.run([sys.executable, "-m", "tests.kill_driver", point, str(n), "predict", *args, *outputs],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert out.exists() == (point == "embeddings_commit") and not emb.exists()  # complete or absent
+    assert main(["predict", *args, *outputs]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "unfinished run" in err and str(tmp_path / ".RES.partial") in err and "--resume" in err
+    assert main(["predict", *args, *outputs, "--resume"]) == 0
+    assert folder_bytes(out) == result
+    assert folder_bytes(emb) == embeddings
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["EMB", "RES"]  # no temporary folders or locks
+
+
+@pytest.mark.parametrize("start, steps", [(0, 24), (2, 24), (3, 20), (5, 12), (8, 0)])
+def test_resuming_starts_at_the_first_window_that_gives_a_missing_pair(start, steps):
+    """9 frames, windows of 4: window 0 gives pairs 0–2, window j ≥ 1 pair j + 2; a resumed run skips the windows
+    whose pairs are all done and yields exactly the pairs (and embeddings) of an uninterrupted run from ``start``."""
+    config = tiny_config()
+    source = ArraySource(np.broadcast_to(np.arange(9, dtype=np.float32)[:, None, None], (9, 64, 64)))
+    whole = collect(PairEmbedder(CountingModel(), config, TileLayout(source.shape, config)), source)
+    embedder = PairEmbedder(CountingModel(), config, TileLayout(source.shape, config))
+    got = [(p.index, p.frames, p.first.copy(), p.second.copy()) for p in embedder.pairs(source, start=start)]
+    assert [g[0] for g in got] == list(range(start, 8))
+    for (index, frames, first, second), expected in zip(got, whole[start:]):
+        assert (index, frames) == expected[:2]
+        np.testing.assert_array_equal(first, expected[2])
+        np.testing.assert_array_equal(second, expected[3])
+    assert embedder.frame_steps == steps
+
+
+def test_predict_refuses_an_output_another_process_writes(model_dir, short_video, tmp_path, capsys):
+    from rshn_tf.output_lock import OutputLock
+
+    emb = tmp_path / "EMB"
+    with OutputLock(emb, command="rshn predict (test)"):
+        code = main(["predict", "--model", str(model_dir), "--input", str(short_video), "--output",
+                     str(tmp_path / "RES"), "--save-embeddings", str(emb)])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and f"process {os.getpid()}" in err and "rshn predict (test)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_a_predict_failing_before_its_first_checkpoint_leaves_nothing_behind(model_dir, short_video, tmp_path,
+                                                                             monkeypatch, capsys):
+    from rshn_tf.postprocess import PostProcessor
+
+    real = PostProcessor.add_pair_tiles
+
+    def failing(self, tiles):
+        if self.num_pairs == 2:
+            raise RshnError("clustering failed")
+        real(self, tiles)
+
+    monkeypatch.setattr(PostProcessor, "add_pair_tiles", failing)
+    code = main(["predict", "--model", str(model_dir), "--input", str(short_video), "--output", str(tmp_path / "RES"),
+                 "--save-embeddings", str(tmp_path / "EMB"), "--set", "inference.checkpoint_every=3"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "clustering failed" in err and "nothing to resume" in err
+    assert list(tmp_path.iterdir()) == []  # no result, no embeddings, no temporary folders, no locks

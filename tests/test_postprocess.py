@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,9 +15,11 @@ import pytest
 from data_io.ctc import read_tiff, read_track_file, write_tiff, write_track_file
 from rshn_tf.cli import EXIT_USER_ERROR, main
 from rshn_tf.config import load_config
+from rshn_tf.errors import RshnError
 from rshn_tf.evaluation import evaluate_result, validate_result
 from rshn_tf.postprocess import PostProcessor, run_postprocess
 from tests import cases
+from tests.conftest import REPO_ROOT
 
 SMALL_CONFIG = """\
 data:
@@ -230,3 +235,158 @@ def test_inference_tiles_larger_than_the_training_crop_keep_a_cell_wider_than_th
         counts[name] = [(frame == label).sum() for frame in labels for label in np.unique(frame) if label]
     assert counts["training tiles"] == []
     assert counts["whole-grid tile"] == [(video[0] == 1).sum()] * 3
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Streaming to disk, checkpoints, --resume, one writer per output (issue 16)
+
+
+def folder_bytes(folder):
+    """Every file of a folder (relative name → bytes)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def hidden_entries(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def resume_case(tmp_path_factory):
+    """Oracle embeddings of 16 frames of drifting disks with false mitoses, divisions, gaps and speckles (15 pairs),
+    the config (checkpoints every 3 pairs, so 5 checkpoints, the last after the last pair) and the uninterrupted
+    result; frames are resampled back from the 64 × 96 grid to 80 × 120 with the label-Gaussian interpolation."""
+    root = tmp_path_factory.mktemp("resume")
+    video = cases.messy_video(cases.SHAPE, cells=6, frames=16, seed=3)
+    emb = root / "emb"
+    cases.write_oracle_embeddings(video, emb, window=8, distance=10, noise=0.05, seed=1)
+    config = small_config(root, band=2)
+    args = ["--config", str(config), "--original-shape", "80", "120", "--set", "inference.checkpoint_every=3",
+            "--set", "tracking.resample_interpolation=label_gaussian"]
+    reference = root / "reference"
+    assert main(["postprocess", str(emb), str(reference), *args]) == 0
+    return emb, args, folder_bytes(reference)
+
+
+@pytest.mark.parametrize("point, n", [
+    ("pair", 1),         # before the first checkpoint: nothing to resume, starts over
+    ("pair", 7),         # between checkpoints 2 and 3
+    ("checkpoint", 2),   # half of checkpoint 2 written
+    ("checkpoint", 5),   # half of the last checkpoint (after the last pair) written
+    ("frame", 6),        # half of a finished frame written
+    ("mask", 9),         # finalisation: the result half written
+    ("cleanup", 1),      # the result is in place, the temporary folder not yet removed
+])
+def test_killed_postprocess_resumes_to_the_identical_result(resume_case, tmp_path, capsys, point, n):
+    emb, args, reference = resume_case
+    out = tmp_path / "RES"
+    killed = subprocess.run([sys.executable, "-m", "tests.kill_driver", point, str(n), "postprocess", str(emb),
+                             str(out), *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert out.exists() == (point == "cleanup")  # the result appears complete or not at all
+    partial = tmp_path / ".RES.partial"
+    saved_checkpoint = (partial / "checkpoint.npz").exists()
+    assert saved_checkpoint == ((point, n) != ("pair", 1))
+    if saved_checkpoint:  # an unfinished run is refused without --resume, naming its folder and the remedy
+        assert main(["postprocess", str(emb), str(out), *args]) == EXIT_USER_ERROR
+        err = capsys.readouterr().err
+        assert "unfinished run" in err and str(partial) in err and "--resume" in err
+    assert main(["postprocess", str(emb), str(out), *args, "--resume"]) == 0
+    assert folder_bytes(out) == reference
+    assert hidden_entries(tmp_path) == []  # temporary folder and lock removed
+
+
+def test_frames_go_to_disk_as_soon_as_the_tracker_is_done_with_them(tmp_path):
+    from rshn_tf.label_store import LabelStore
+
+    video = cases.drifting_disks(cases.SHAPE, cells=4, frames=20, seed=1)
+    emb = tmp_path / "emb"
+    n = cases.write_oracle_embeddings(video, emb, window=8, distance=10)
+    config = load_config(small_config(tmp_path), ["tracking.merge_search_frames=3"])
+    store = LabelStore(tmp_path / "frames")
+    processor = PostProcessor(config, cases.SHAPE, store=store)
+    window = config.tracking.merge_search_frames + 2
+    for t in range(n):
+        processor.add_pair(np.load(emb / f"pair_{t:03d}.npy"))
+        assert store.count == max(t + 2 - window, 0)  # all but the last `window` frames are on disk
+    labels, tracks = processor.result()
+    assert store.count == n + 1
+    memory = PostProcessor(config, cases.SHAPE)
+    for t in range(n):
+        memory.add_pair(np.load(emb / f"pair_{t:03d}.npy"))
+    expected = memory.result()
+    np.testing.assert_array_equal(labels, expected[0])
+    np.testing.assert_array_equal(tracks, expected[1])
+
+
+def test_a_failed_run_says_where_it_is_and_resume_checks_the_arguments(resume_case, tmp_path, monkeypatch, capsys):
+    emb, args, reference = resume_case
+    out = tmp_path / "RES"
+    real = PostProcessor.add_pair_tiles
+
+    def failing(self, tiles):
+        if self.num_pairs == 8:
+            raise RshnError("disk full")
+        real(self, tiles)
+
+    monkeypatch.setattr(PostProcessor, "add_pair_tiles", failing)
+    assert main(["postprocess", str(emb), str(out), *args]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    partial = tmp_path / ".RES.partial"
+    assert "disk full" in err and str(partial) in err and "6 of 15 frame pairs" in err and "--resume" in err
+    assert not out.exists() and hidden_entries(tmp_path) == [".RES.partial"]  # the lock is released
+    monkeypatch.setattr(PostProcessor, "add_pair_tiles", real)
+    changed = [a.replace("inference.checkpoint_every=3", "postprocessing.bandwidth=0.2") for a in args]
+    assert main(["postprocess", str(emb), str(out), *changed, "--resume"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "postprocessing.bandwidth" in err
+    other_shape = [a if a != "120" else "121" for a in args]
+    assert main(["postprocess", str(emb), str(out), *other_shape, "--resume"]) == EXIT_USER_ERROR
+    assert "original_shape" in capsys.readouterr().err
+    # threads, overlap and the checkpoint interval do not change results: a resume may change them
+    assert main(["postprocess", str(emb), str(out), *args, "--set", "inference.checkpoint_every=5", "--resume"]) == 0
+    got = folder_bytes(out)
+    assert got.pop("config.yaml") != reference["config.yaml"]  # the resolved config says checkpoint_every: 5
+    assert got == {name: data for name, data in reference.items() if name != "config.yaml"}
+
+
+def test_a_failure_before_the_first_checkpoint_leaves_nothing_behind(resume_case, tmp_path, monkeypatch, capsys):
+    emb, args, _ = resume_case
+
+    def failing(self, tiles):
+        raise RshnError("broken pair")
+
+    monkeypatch.setattr(PostProcessor, "add_pair_tiles", failing)
+    assert main(["postprocess", str(emb), str(tmp_path / "RES"), *args]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "broken pair" in err and "nothing to resume" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_writer_of_the_same_output_is_refused(resume_case, tmp_path, capsys):
+    emb, args, _ = resume_case
+    out = tmp_path / "RES"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["postprocess", str(emb), str(out), *args]) == EXIT_USER_ERROR
+        err = capsys.readouterr().err
+        assert f"process {holder.pid}" in err and "is writing this output" in err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed: its lock file is left behind, and the next writer takes it over
+    assert (tmp_path / ".RES.lock").exists()
+    assert main(["postprocess", str(emb), str(out), *args]) == 0
+    assert hidden_entries(tmp_path) == []
+
+
+#: A process that locks the output folder given as argv[1], says so, and waits to be killed.
+LOCK_HOLDER = """
+import sys, time
+from rshn_tf.output_lock import OutputLock
+lock = OutputLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from rshn_tf.config import TrackingConfig
-from rshn_tf.tracking import PairTracker, finalize_tracks, greedy_iou_matching, overlap_counts
-from tests import cases
+from rshn_tf.label_store import LabelStore, MemoryLabelStore
+from rshn_tf.tracking import PairTracker, finalize_stream, finalize_tracks, greedy_iou_matching, overlap_counts
+from tests import cases, legacy_tracking
 
 
 def run_tracking(video: np.ndarray, border_band: int = 0, seed: int = 0, **overrides) -> tuple[np.ndarray, np.ndarray]:
@@ -219,3 +222,82 @@ def test_first_frame_repair_is_the_codes_option_only():
     got_labels, got = cases.canonical(labels, tracks)
     np.testing.assert_array_equal(got, [[1, 0, 7, 0]])
     np.testing.assert_array_equal(got_labels > 0, v > 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Streaming (issue 16): the tracker releases finished frames, the finalisation reads them back from disk
+
+
+def stream_to_store(tracker, pairs, store):
+    """Feed the pairs, writing every released frame to ``store``; returns the most frames the tracker held."""
+    held = 0
+    for pair in pairs:
+        tracker.add_pair(pair)
+        held = max(held, tracker.num_frames - store.count)
+        for t, frame in tracker.release_finished():
+            store.write(t, frame)
+    for t, frame in tracker.release_all():
+        store.write(t, frame)
+    return held
+
+
+@pytest.mark.parametrize("seed, border_band, overrides", [
+    (0, 0, {}),
+    (1, 3, {}),
+    (2, 0, {"merge_search_frames": 2}),
+    (3, 2, {"parent_dilation": 3, "parent_search_frames": 2}),
+    (4, 0, {"min_track_length": 3, "merge_first_frame_tracks": True}),
+    (5, 4, {"merge_search_frames": 1, "parent_search_frames": 1}),
+])
+def test_streaming_tracking_equals_the_whole_stack_reference(tmp_path, seed, border_band, overrides):
+    """Byte for byte what the pre-issue-16 code (whole stack in memory, tests/legacy_tracking.py) gives, with the
+    frames on disk and at most ``merge_search_frames`` + 3 of them in the tracker."""
+    video = cases.messy_video(cases.SHAPE, cells=7, frames=24, seed=seed)
+    config = TrackingConfig(**overrides)
+    pairs = cases.pairs_from_video(video, seed=seed)
+    legacy = legacy_tracking.PairTracker(config)
+    for pair in pairs:
+        legacy.add_pair(pair)
+    want_labels, want_tracks = legacy_tracking.finalize_tracks(legacy.labels, config, border_band)
+    assert (want_tracks[:, 3] > 0).any()  # the case has a lineage to get right
+    store = LabelStore(tmp_path / "frames", open_maps=2)
+    held = stream_to_store(PairTracker(config), pairs, store)
+    assert held <= config.merge_search_frames + 3
+    tracks, masks = finalize_stream(store, config, border_band)
+    np.testing.assert_array_equal(tracks, want_tracks)
+    got = [labels for _, labels in masks]
+    assert len(got) == len(want_labels)
+    for t, labels in enumerate(got):
+        np.testing.assert_array_equal(labels, want_labels[t])
+
+
+def test_tracker_state_round_trip_continues_identically():
+    config = TrackingConfig(merge_search_frames=3)
+    pairs = cases.pairs_from_video(cases.messy_video(cases.SHAPE, cells=6, frames=20, seed=7), seed=7)
+    whole = MemoryLabelStore()
+    stream_to_store(PairTracker(config), pairs, whole)
+    first = PairTracker(config)
+    resumed = MemoryLabelStore()
+    for pair in pairs[:9]:
+        first.add_pair(pair)
+        for t, frame in first.release_finished():
+            resumed.write(t, frame)
+    numbers, frames = first.state()
+    second = PairTracker(config)
+    second.restore(json.loads(json.dumps(numbers)), [f.copy() for f in frames])
+    first.add_pair(pairs[9])  # the first tracker goes on changing its own frames, not the restored copies
+    stream_to_store(second, pairs[9:], resumed)
+    assert resumed.count == whole.count == 20
+    for t in range(20):
+        np.testing.assert_array_equal(resumed.read(t), whole.read(t))
+
+
+def test_the_whole_stack_is_gone_once_frames_are_released():
+    tracker = PairTracker(TrackingConfig(merge_search_frames=0))
+    for pair in cases.pairs_from_video(cases.messy_video(cases.SHAPE, cells=3, frames=5, seed=1)):
+        tracker.add_pair(pair)
+    assert tracker.labels.shape[0] == 5
+    assert [t for t, _ in tracker.release_finished()] == [0, 1, 2]
+    with pytest.raises(ValueError, match="released"):
+        tracker.labels
+    assert [t for t, _ in tracker.release_all()] == [3, 4]

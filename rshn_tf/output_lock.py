@@ -1,0 +1,127 @@
+"""One writer per output folder: an exclusive lock file beside it (``.NAME.lock``), held while a process writes.
+
+The lock is an ``fcntl.flock`` on that file, so the operating system releases it when the holder exits, however
+it exits: a lock file left by a killed process is no longer locked, and the next writer takes it over (and says
+so). The file names the holder (pid, host, command, start time), so that a refused second writer can say which
+process it waits for. Linux and macOS only (``fcntl``). This module must not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from rshn_tf.errors import RshnError
+
+log = logging.getLogger(__name__)
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of an output folder: ``.NAME.lock`` beside it."""
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+def _describe(holder: dict) -> str:
+    started = holder.get("started")
+    since = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(started)) if started else ""
+    command = f" ({holder['command']})" if holder.get("command") else ""
+    return f"process {holder.get('pid', '?')} on {holder.get('host', '?')}{command}{since}"
+
+
+def _read_holder(fd: int) -> dict:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 65536).decode("utf-8", errors="replace")
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+class OutputLock:
+    """Exclusive lock of one output folder for this process (a context manager).
+
+    Args:
+        target: The output folder (it need not exist; its parent is created).
+        command: What holds the lock, for the message a refused writer prints (default: this process's command
+            line).
+    """
+
+    def __init__(self, target: str | os.PathLike, command: Optional[str] = None):
+        self.target = Path(target)
+        self.path = lock_path(self.target)
+        self.command = command if command is not None else " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])
+        self._fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> "OutputLock":
+        """Take the lock.
+
+        Raises:
+            RshnError: If another process holds it (naming that process).
+        """
+        if self._fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                pid = holder.get("pid", "?")
+                raise RshnError(
+                    f"{self.target}: {_describe(holder)} is writing this output (lock file {self.path}); wait for "
+                    f"it to finish or stop it (kill {pid}); only one rshn process may write an output at a time"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:  # the holder released (removed) it after we opened it
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            break
+        previous = _read_holder(fd)
+        if previous:
+            log.warning("%s: taking over the lock file %s left by %s, which is no longer running", self.target,
+                        self.path, _describe(previous))
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command, "started": time.time()}
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(holder).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock up and remove its file."""
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
