@@ -460,8 +460,10 @@ def test_load_trained_model_rebuilds_the_network_and_reports_problems(uninterrup
         load_trained_model(tmp_path / "empty")
     folder = ModelFolder(tmp_path / "partial")
     folder.write_config(config)
-    with pytest.raises(RshnError, match="best weights of model folder .* the run exported no weights yet"):
+    with pytest.raises(RshnError, match="partial: no weights .* the run exported none yet"):
         load_trained_model(folder.root)
+    with pytest.raises(RshnError, match="best weights of model folder .* the run exported no weights yet"):
+        load_trained_model(folder.root, "best")
     other = small_config()
     other.model.levels = 2  # fewer layers: Keras alone would load a subset silently
     other_folder = ModelFolder(tmp_path / "other")
