@@ -65,7 +65,7 @@ from data_io.ctc import FrameFiles, list_frames, read_frame
 from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
 from rshn_tf.config import Config, DataConfig, resolve_predict_config, save_config
 from rshn_tf.errors import RshnError
-from rshn_tf.label_store import fsync_path, save_atomically
+from rshn_tf.label_store import fsync_written, save_atomically
 from rshn_tf.output_lock import OutputLock
 from rshn_tf.postprocess import PostProcessor, checkpoint_due, resumable
 from rshn_tf.run_folder import RunFolder, partial_path
@@ -725,11 +725,7 @@ class EmbeddingWriter:
 
     def sync(self) -> None:
         """Flush the pairs written since the last call to the disk (before a checkpoint counts them)."""
-        for path in self._unsynced:
-            fsync_path(path)
-        if self._unsynced:
-            fsync_path(self.tmp)
-        self._unsynced.clear()
+        fsync_written(self._unsynced, self.tmp)
 
     def commit(self) -> Path:
         """Move the finished folder into place."""

@@ -22,6 +22,15 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_written(paths: list[Path], folder: Path) -> None:
+    """Flush the files ``paths`` and, if there were any, their ``folder`` to the disk; empty the list."""
+    for path in paths:
+        fsync_path(path)
+    if paths:
+        fsync_path(folder)
+    paths.clear()
+
+
 def save_atomically(path: Path, array: np.ndarray) -> None:
     """``np.save`` into a temporary file beside ``path``, then rename it over ``path`` (never half-written)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -69,11 +78,7 @@ class LabelStore:
 
     def sync(self) -> None:
         """Flush the frames written since the last call (and the folder) to the disk."""
-        for path in self._unsynced:
-            fsync_path(path)
-        if self._unsynced:
-            fsync_path(self.folder)
-        self._unsynced.clear()
+        fsync_written(self._unsynced, self.folder)
 
     def read(self, t: int) -> np.ndarray:
         """Frame t, int32 (H, W)."""
