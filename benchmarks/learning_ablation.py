@@ -19,10 +19,16 @@ inference rows (``blob_merge``, ``final_weights``) re-use the model of the last 
 * ``silver_truth``: frames without gold SEG take the CTC silver truth (``data.silver_truth``).
 * ``grid128`` (DIC-C2DH-HeLa): the network grid halved to 128 x 128 (crops 96 x 96; r_N and t_size scaled), so
   that the cells span as many pixels of the small ``cpu`` network as the demo's synthetic cells.
+* ``rate3e-4`` (Fluo-N2DL-HeLa): learning rate 3e-4, 3e-5 after half (``cpu`` profile: 1e-3, 1e-4; paper 1e-4):
+  at 1e-3 the loss of the HeLa windows stalls (mean 1.70 -> 1.63 over the first 1,500 iterations).
 * ``augmentation``: the code's augmentation extras (mirror padding, gamma, per-frame intensity jitter, the product
   of two scale draws; DIC also the +-35 % translation and the label blur sigma 2).
 * ``blob_merge``: the code's tile merge (connected foreground blobs, 32-px band along inner tile edges).
 * ``final_weights``: the final weights instead of the lowest smoothed training loss.
+
+Side rows (not carried further): ``grid128_centroid`` (DIC-C2DH-HeLa: grid128 with the paper's centroid
+neighbourhood) and ``recipe`` (Fluo-N2DL-HeLa: the recipe of the shipped model, ``experiments/models``, on the time
+split, i.e. its score on frames it never saw).
 
 Usage (one training at a time; each row 30-40 min on 2 cores; finished rows are skipped, an interrupted training
 continues from its last checkpoint when the command is repeated)::
@@ -120,7 +126,7 @@ def rows_for(dataset: str) -> list[Row]:
             ("loss.neighbour_mode=code", f"loss.neighbour_radius={CODE_RADIUS[dataset]}")),
         Row("any_seg", "+ windows anchored on any SEG frame", ("data.seg_sample_frames=any",)),
         Row("silver_truth", "+ silver truth (GT+ST)", ("data.silver_truth=true",)),
-        *GRID_ROWS.get(dataset, []),
+        *DATASET_ROWS.get(dataset, []),
         Row("augmentation", "+ code augmentation extras", tuple(augmentation)),
         Row("blob_merge", "+ blob tile merge (32-px band)", (),
             ("postprocessing.merge_mode=blob", "postprocessing.merge_ignore_border=32")),
@@ -129,14 +135,17 @@ def rows_for(dataset: str) -> list[Row]:
     ]
 
 
-#: Rows that bring a dataset's network grid to the scale the small ``cpu`` network can handle. DIC-C2DH-HeLa cells
-#: span ~50 px of Table 1's 256 x 256 grid; at 128 x 128 (crops of 96 x 96) they span ~25 px like the synthetic cells
-#: of the demo. Every length on the network grid scales with it: r_N 0.2 x 128 (the code's factor), t_size 500 / 4.
-GRID_ROWS = {
+#: Rows of one dataset, after ``silver_truth``. DIC-C2DH-HeLa: the network grid at the scale the small ``cpu``
+#: network can handle; its cells span ~50 px of Table 1's 256 x 256 grid, at 128 x 128 (crops of 96 x 96) ~25 px like
+#: the synthetic cells of the demo, and every length on the grid scales with it: r_N 0.2 x 128 (the code's factor),
+#: t_size 500 / 4. Fluo-N2DL-HeLa: the learning rate (its nuclei already span ~25 px at Table 1's size).
+DATASET_ROWS = {
     "DIC-C2DH-HeLa": [Row("grid128", "+ 128 x 128 network grid, 96 x 96 crops (cpu: Table 1 has 256 x 256)",
                           ("data.resampled_size=[128, 128]", "data.tile_size=[96, 96]", "loss.neighbour_radius=25.6",
                            "postprocessing.min_size=125", "inference.tile_size=[128, 128]",
                            "inference.tile_overlap=64"))],
+    "Fluo-N2DL-HeLa": [Row("rate3e-4", "+ learning rate 3e-4, 3e-5 after half (cpu: 1e-3, 1e-4)",
+                           ("training.learning_rate=0.0003", "training.learning_rate_final=0.00003"))],
 }
 
 
@@ -144,6 +153,8 @@ GRID_ROWS = {
 SIDE_ROWS = {
     "DIC-C2DH-HeLa": [Row("grid128_centroid", "grid128 with the paper's centroid neighbourhood (r_N 25, Table 1 / 2)",
                           ("loss.neighbour_mode=centroid", "loss.neighbour_radius=25"), base="grid128")],
+    "Fluo-N2DL-HeLa": [Row("recipe", "recipe of models/Fluo-N2DL-HeLa-cpu (32 filters, 6,000 it) on the time split",
+                           ("model.filters=32", "training.iterations=6000"), weights="last", base="rate3e-4")],
 }
 
 
