@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import yaml
 
-from rshn_tf.config import Config, config_from_dict, save_config
+from rshn_tf.config import Config, config_from_dict, load_yaml, save_config
 from rshn_tf.errors import RshnError
 
 CONFIG_FILE = "config.yaml"
@@ -141,7 +141,7 @@ class ModelFolder:
                             "resolved config.yaml of its run")
         try:
             with open(self.config_path, encoding="utf-8") as handle:
-                values = yaml.safe_load(handle)
+                values = load_yaml(handle)
         except (OSError, yaml.YAMLError) as exc:
             raise RshnError(f"{self.config_path}: cannot be read ({exc})") from exc
         return config_from_dict(values or {}, str(self.config_path))
