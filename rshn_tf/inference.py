@@ -158,7 +158,7 @@ class FrameSource:
         """Frame t on the network grid, float32 (h, w)."""
         if t not in self._cache:
             start = time.perf_counter()
-            raw = read_frame(self.paths[t])
+            raw = read_frame(self.paths[t], t)
             if raw.shape != self.original_shape:
                 raise RshnError(f"{self.paths[t]}: frame shape {raw.shape} differs from {self.original_shape}")
             mid = time.perf_counter()
