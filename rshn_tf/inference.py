@@ -64,6 +64,7 @@ from ctc_submission.writer import check_result_target, swap_in
 from data_io.ctc import FrameFiles, list_frames, read_frame
 from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
 from rshn_tf.config import Config, DataConfig, resolve_predict_config, save_config
+from rshn_tf.console import progress_bar
 from rshn_tf.errors import RshnError
 from rshn_tf.label_store import fsync_written, save_atomically
 from rshn_tf.output_lock import OutputLock
@@ -803,7 +804,7 @@ def predict(
         save_embeddings: Also write the pair embeddings there (see :class:`EmbeddingWriter`; in tiles mode each
             pixel comes from the tile in which it lies most centrally, so ``rshn postprocess`` on them reproduces
             this result only approximately; exactly in full-frame mode).
-        progress: Show a tqdm bar over frames (None: only on a terminal).
+        progress: Show a tqdm bar over frames (None: on a terminal; plain log lines when stderr is not one).
         model: An already loaded network of the folder (skips loading; for benchmarks and tests).
         resume: Continue the unfinished run writing ``output_dir`` from its last checkpoint (start afresh when there
             is none); without it, an unfinished run there is refused.
@@ -955,7 +956,4 @@ def consume_pairs(pairs: Iterator[PairEmbeddings], consume: Any, overlap: bool) 
 
 
 def _progress_bar(total: int, enabled: Optional[bool]) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="frame", desc="predict", disable=(None if enabled is None else not enabled),
-                leave=False)
+    return progress_bar(total, unit="frame", desc="predict", enabled=enabled, leave=False)
