@@ -817,12 +817,14 @@ def predict(
             folder that cannot be replaced or that another process is writing, or an unfinished run without
             ``resume`` (or one that differs from this call with it).
     """
-    from rshn_tf.model_folder import ModelFolder
+    from rshn_tf.model_folder import ModelFolder, weights_file
 
     wall = time.perf_counter()
     config = resolve_predict_config(ModelFolder(model_dir).read_config(), overrides)
     files = list_frames(input_dir)
     check_result_target(output_dir)  # fail before the network runs, not after
+    if model is None:
+        weights_file(model_dir, weights)
     if save_embeddings is not None:
         check_embeddings_target(save_embeddings)
         if Path(save_embeddings).resolve() == Path(output_dir).resolve():

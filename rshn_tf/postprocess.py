@@ -310,9 +310,12 @@ def run_postprocess(
         The finished :class:`PostProcessor` (its ``timings`` hold seconds per stage).
 
     Raises:
-        RshnError: On missing pairs, wrong shapes, NaN or infinite values or unreadable files, an output another
+        RshnError: On a bad ``original_shape``, missing pairs, wrong shapes, NaN or infinite values or unreadable files, an output another
             process is writing, or an unfinished run without ``resume``.
     """
+    if len(original_shape) != 2 or min(int(n) for n in original_shape) < 1:
+        raise RshnError(f"--original-shape {' '.join(str(n) for n in original_shape)}: expected the height and width "
+                        f"of the original frames, two positive integers")
     files = list_pair_files(embeddings_dir)
     shape = network_shape((int(original_shape[0]), int(original_shape[1])), config.data)
     dim = _load_pair(files[0], shape, None).shape[3]

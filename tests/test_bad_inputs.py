@@ -328,6 +328,7 @@ CATALOGUE = [
     Bad("predict_model_config_duplicate_key", _predict(model=_model_with_duplicate_key),
         ("config.yaml", "duplicate key 'postprocessing'")),
     Bad("predict_model_without_weights", _predict(), ("weights",)),
+    Bad("predict_unknown_weights", _predict(None, "--weights", "bestest"), ("--weights bestest", "neither")),
     Bad("predict_set_model_key", _predict(None, "--set", "model.levels=4"), ("model.*", "cannot be changed")),
     Bad("predict_set_out_of_range", _predict(None, "--set", "inference.tile_overlap=-1"),
         ("--set inference.tile_overlap=-1", "'inference.tile_overlap'")),
@@ -345,6 +346,8 @@ CATALOGUE = [
         ("pair_000.npy", "floating point")),
     Bad("postprocess_corrupt_file", _postprocess(lambda f: (f / "pair_000.npy").write_bytes(b"junk")),
         ("pair_000.npy", "cannot read")),
+    Bad("postprocess_non_positive_shape",
+        lambda ws: [*_postprocess()(ws)[:-2], "0", "-5"], ("--original-shape 0 -5", "two positive integers")),
     Bad("postprocess_nan_config", _postprocess(None, "--set", "postprocessing.bandwidth=.nan"),
         ("'postprocessing.bandwidth'", "finite")),
     # -- evaluation ------------------------------------------------------------------------------------------------
