@@ -826,6 +826,12 @@ def resolve_predict_config(model_config: Config, overrides: typing.Sequence[str]
     return model_config
 
 
+#: Element-wise Keras activations accepted by ``model.activation`` and ``model.gru_activation``.
+ACTIVATIONS = ("celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoid", "hard_silu", "hard_swish",
+               "hard_tanh", "leaky_relu", "linear", "log_sigmoid", "mish", "relu", "relu6", "selu", "sigmoid", "silu",
+               "soft_shrink", "softplus", "softsign", "sparse_plus", "sparse_sigmoid", "squareplus", "swish", "tanh",
+               "tanh_shrink")
+
 #: One range check: the key it is reported under, what the value must be, the test, and other keys the test reads.
 _Check = tuple[str, str, typing.Callable[[], bool], tuple[str, ...]]
 
@@ -876,6 +882,10 @@ def _range_checks(c: Config) -> list[_Check]:
         ("model.stacks", "at least 1", lambda: m.stacks >= 1, ()),
         ("model.filters", "at least 1", lambda: m.filters >= 1, ()),
         ("model.embedding_size", "at least 2", lambda: m.embedding_size >= 2, ()),
+        ("model.activation", f"an element-wise Keras activation ({', '.join(ACTIVATIONS)})",
+         lambda: m.activation in ACTIVATIONS, ()),
+        ("model.gru_activation", "an element-wise Keras activation (see model.activation)",
+         lambda: m.gru_activation in ACTIVATIONS, ()),
         ("model.kernel_size", "at least 1", lambda: m.kernel_size >= 1, ()),
         ("model.output_kernel_size", "at least 1", lambda: m.output_kernel_size >= 1, ()),
         ("model.gate_init_scale", "positive", lambda: m.gate_init_scale > 0, ()),

@@ -295,6 +295,7 @@ CATALOGUE = [
     Bad("iou_above_one", check("tracking.link_iou_threshold=1.5"), ("'tracking.link_iou_threshold'", "in [0, 1]")),
     Bad("two_errors_reported_together", check("training.batch_size=0", "postprocessing.bandwidth=3"),
         ("2 invalid config values", "'training.batch_size'", "'postprocessing.bandwidth'")),
+    Bad("unknown_activation", check("model.activation=rleu"), ("'model.activation'", "relu", "'rleu'")),
     Bad("wrong_type", check("model.levels=seven"), ("'model.levels'", "must be int", "'seven'")),
     Bad("unknown_key", check("tracking.t_merge=10"), ("unknown key 'tracking.t_merge'",)),
     Bad("malformed_set", check("postprocessing"), ("--set 'postprocessing'", "section.key=value")),
