@@ -745,7 +745,8 @@ def write_synthetic_dataset(
     if out_dir.exists() and not out_dir.is_dir():
         raise RshnError(f"{out_dir}: exists and is not a folder; choose another output path")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise RshnError(f"{out_dir}: folder exists and is not empty; choose another path or replace it with --overwrite")
+        raise RshnError(f"{out_dir}: folder exists and is not empty; choose another path or replace it with "
+                        f"--overwrite")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
     temp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

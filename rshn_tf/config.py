@@ -612,7 +612,8 @@ def apply_dict(config: Config, values: dict[str, Any], source: str) -> Config:
             )
         if section_values is None:
             continue
-        _apply_section(getattr(config, section), section, section_values, source, config.sources)
+        _apply_section(getattr(config, section), section, section_values, source,
+                       config.__dict__.setdefault("sources", {}))
     return config
 
 

@@ -310,8 +310,8 @@ def run_postprocess(
         The finished :class:`PostProcessor` (its ``timings`` hold seconds per stage).
 
     Raises:
-        RshnError: On a bad ``original_shape``, missing pairs, wrong shapes, NaN or infinite values or unreadable files, an output another
-            process is writing, or an unfinished run without ``resume``.
+        RshnError: On a bad ``original_shape``, missing pairs, wrong shapes, NaN or infinite values or unreadable
+            files, an output another process is writing, or an unfinished run without ``resume``.
     """
     if len(original_shape) != 2 or min(int(n) for n in original_shape) < 1:
         raise RshnError(f"--original-shape {' '.join(str(n) for n in original_shape)}: expected the height and width "

@@ -26,7 +26,7 @@ import pytest
 from ctc_submission.writer import write_ctc_result
 from data_io.ctc import read_tiff, write_tiff, write_track_file
 from rshn_tf.cli import EXIT_USER_ERROR, main
-from rshn_tf.config import Config, save_config
+from rshn_tf.config import save_config
 from tests import cases
 from tests.conftest import REPO_ROOT
 
