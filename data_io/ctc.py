@@ -388,7 +388,7 @@ def load_frames(seq_dir: str | os.PathLike) -> LoadedFrames:
 
     Raises:
         RshnError: If the folder is missing or empty, frame numbers have gaps or mixed digit counts, or a frame is
-            unreadable, not 2-D, or differs in shape or dtype from the first frame.
+            unreadable, not 2-D, holds NaN or infinite values, or differs in shape or dtype from the first frame.
     """
     seq_dir = Path(seq_dir)
     if not seq_dir.is_dir():
@@ -411,8 +411,9 @@ def list_frames(seq_dir: str | os.PathLike) -> FrameFiles:
         ``(paths, digits, shape, dtype)`` of the frames, in frame order.
 
     Raises:
-        RshnError: If the folder is missing or empty, frame numbers have gaps or mixed digit counts, or a file is
-            not a readable 2-D TIFF of the first frame's shape and dtype.
+        RshnError: If the folder is missing or empty, frame numbers have gaps or mixed digit counts, a file is
+            not a readable 2-D TIFF of the first frame's shape and dtype, or a float frame holds NaN or infinite
+            values (float frames are read once here for that check).
     """
     seq_dir = Path(seq_dir)
     if not seq_dir.is_dir():
@@ -425,16 +426,40 @@ def list_frames(seq_dir: str | os.PathLike) -> FrameFiles:
             raise RshnError(f"{path}: frame shape {shape} differs from {paths[0].name} {first_shape}")
         if dtype != first_dtype:
             raise RshnError(f"{path}: frame dtype {dtype} differs from {paths[0].name} ({first_dtype})")
+    if np.issubdtype(first_dtype, np.inexact):  # only float frames can hold NaN/Inf: check them before any work
+        for index, path in enumerate(paths):
+            read_frame(path, index)
     return FrameFiles(paths, digits, first_shape, first_dtype)
 
 
-def read_frame(path: str | os.PathLike) -> np.ndarray:
+def read_frame(path: str | os.PathLike, index: int | None = None) -> np.ndarray:
     """Read one raw 2-D frame (see :func:`list_frames`).
 
+    Args:
+        path: The frame file.
+        index: Its frame number, named in errors.
+
     Raises:
-        RshnError: If the file is missing, unreadable or not 2-D.
+        RshnError: If the file is missing, unreadable, not 2-D or holds NaN or infinite values.
     """
-    return _read_2d(Path(path))
+    image = _read_2d(Path(path))
+    check_finite_frame(image, path, index)
+    return image
+
+
+def check_finite_frame(image: np.ndarray, path: str | os.PathLike, index: int | None = None) -> None:
+    """Reject a raw frame holding NaN or infinite values (they would silently turn whole tiles into background).
+
+    Raises:
+        RshnError: Naming the file, the frame number and how many pixels are affected.
+    """
+    if not np.issubdtype(image.dtype, np.inexact):
+        return
+    bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+    if bad:
+        frame = "" if index is None else f"frame {index} "
+        raise RshnError(f"{path}: {frame}holds {bad} NaN or infinite pixel value(s) of {image.size}; every "
+                        f"intensity must be a finite number (repair or replace the frame)")
 
 
 def load_sequence(dataset_dir: str | os.PathLike, seq: str | int, *, require_frames: bool = True,
@@ -475,8 +500,9 @@ def load_sequence(dataset_dir: str | os.PathLike, seq: str | int, *, require_fra
     if seq_dir.is_dir():
         frames, frame_paths, digits = load_frames(seq_dir)
     elif require_frames:
-        raise RshnError(f"{seq_dir}: raw frame folder of sequence {seq} not found (to load its ground truth "
-                        f"alone, use require_frames=False)")
+        raise RshnError(f"{seq_dir}: raw frame folder of sequence {seq} not found; training needs the frames "
+                        f"tNNN.tif of every sequence it uses (check --data, data.train_sequences and "
+                        f"training.validation_sequences)")
     elif not gt_dir.is_dir():
         raise RshnError(f"{dataset_dir}: sequence {seq} has neither a raw frame folder {seq}/ nor ground truth "
                         f"{seq}_GT/")
@@ -787,17 +813,28 @@ def _tiff_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 def _read_raw_stack(paths: list[Path]) -> np.ndarray:
     """Read raw frames into one (T, H, W) array; all frames must share the first frame's shape and dtype."""
-    first = _read_2d(paths[0])
+    first = read_frame(paths[0], 0)
     stack = np.empty((len(paths),) + first.shape, dtype=first.dtype)
     stack[0] = first
     for index, path in enumerate(paths[1:], start=1):
-        image = _read_2d(path)
+        image = read_frame(path, index)
         if image.shape != first.shape:
             raise RshnError(f"{path}: frame shape {image.shape} differs from {paths[0].name} {first.shape}")
         if image.dtype != first.dtype:
             raise RshnError(f"{path}: frame dtype {image.dtype} differs from {paths[0].name} ({first.dtype})")
         stack[index] = image
     return stack
+
+
+def read_label_image(path: str | os.PathLike, dtype: type = np.int32) -> np.ndarray:
+    """Read one 2-D label mask (a result ``maskNNN.tif`` or a ground-truth ``man_trackNNN.tif``/``man_segNNN.tif``).
+
+    Raises:
+        RshnError: Naming the file if it is missing, unreadable, not 2-D, not integer, negative or too large for
+            ``dtype``.
+    """
+    path = Path(path)
+    return _as_labels(_read_2d(path), path, dtype)
 
 
 def _as_labels(image: np.ndarray, path: Path, dtype: type) -> np.ndarray:

@@ -168,7 +168,9 @@ class SyntheticParams:
         largest_extent = self.radius[1] * (1.0 + _WOBBLE_LIMIT * len(_FOURIER_ORDERS)) * np.sqrt(self.mitotic_aspect)
         if 2 * (largest_extent + self.border_margin) > min(self.size):
             field_size = f"{self.size[0]}x{self.size[1]}"
-            fail("radius", f"cells this large do not fit into a {field_size} field; lower radius or raise size")
+            needed = int(np.ceil(2 * (largest_extent + self.border_margin)))
+            fail("radius", f"cells this large do not fit into a {field_size} field; frames must be at least "
+                           f"{needed} pixels on each side (rshn synth --size, or experiment.synthetic_size)")
         for name in ("elongation_frames", "min_cycle_frames", "border_margin", "seg_frames", "seg_partial_frames"):
             if not _is_integer(getattr(self, name)) or getattr(self, name) < 0:
                 fail(name, "expected a non-negative integer")
@@ -743,7 +745,8 @@ def write_synthetic_dataset(
     if out_dir.exists() and not out_dir.is_dir():
         raise RshnError(f"{out_dir}: exists and is not a folder; choose another output path")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise RshnError(f"{out_dir}: folder exists and is not empty; choose another path or pass overwrite=True")
+        raise RshnError(f"{out_dir}: folder exists and is not empty; choose another path or replace it with "
+                        f"--overwrite")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
     temp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from rshn_tf import __version__
 from rshn_tf.config import Config, load_config, validate
+from rshn_tf.console import quiet_tensorflow
 from rshn_tf.errors import RshnError
 
 log = logging.getLogger("rshn")
@@ -271,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "networks (Payer et al., MedIA 2019).",
     )
     parser.add_argument("--version", action="version", version=f"rshn-tf {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debug messages, and TensorFlow's own start-up messages")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -404,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet_tensorflow()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",

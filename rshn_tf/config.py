@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import difflib
 import importlib
+import math
 import os
 import types
 import typing
@@ -460,6 +461,10 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
+    def __post_init__(self) -> None:
+        #: Where each ``section.key`` got its value (a YAML path or ``--set ...``); not a field, so not saved.
+        self.sources: dict[str, str] = {}
+
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as plain nested dicts and lists (YAML-ready)."""
         return dataclasses.asdict(self)
@@ -544,7 +549,7 @@ def _suggest(key: str, options: typing.Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _apply_section(section_obj: Any, section: str, values: Any, source: str) -> None:
+def _apply_section(section_obj: Any, section: str, values: Any, source: str, sources: dict[str, str]) -> None:
     if not isinstance(values, dict):
         raise RshnError(f"{source}: section '{section}' must be a mapping of keys to values, got {values!r}")
     hints = typing.get_type_hints(type(section_obj))
@@ -555,6 +560,7 @@ def _apply_section(section_obj: Any, section: str, values: Any, source: str) -> 
                 f"valid keys of '{section}': {', '.join(hints)}"
             )
         _set_value(section_obj, section, key, value, hints[key], source)
+        sources[f"{section}.{key}"] = source
 
 
 def _set_value(section_obj: Any, section: str, key: str, value: Any, annotation: Any, source: str) -> None:
@@ -564,10 +570,19 @@ def _set_value(section_obj: Any, section: str, key: str, value: Any, annotation:
         raise RshnError(
             f"{source}: key '{section}.{key}' must be {_type_name(annotation)}, got {value!r}"
         ) from None
+    if not _all_finite(coerced):
+        raise RshnError(f"{source}: key '{section}.{key}' must be finite (no NaN or infinity), got {value!r}")
     if (section, key) in (("data", "train_sequences"), ("training", "validation_sequences"),
                           ("experiment", "test_sequences")):
         coerced = [normalize_sequence_name(v) for v in coerced]
     setattr(section_obj, key, coerced)
+
+
+def _all_finite(value: Any) -> bool:
+    """Whether no float in ``value`` (a scalar or a list) is NaN or infinite."""
+    if isinstance(value, list):
+        return all(_all_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def normalize_sequence_name(name: str | int) -> str:
@@ -597,7 +612,8 @@ def apply_dict(config: Config, values: dict[str, Any], source: str) -> Config:
             )
         if section_values is None:
             continue
-        _apply_section(getattr(config, section), section, section_values, source)
+        _apply_section(getattr(config, section), section, section_values, source,
+                       config.__dict__.setdefault("sources", {}))
     return config
 
 
@@ -646,10 +662,47 @@ def resolve_config_path(name: str | os.PathLike, relative_to: Path | None = None
     )
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping gives the same key twice (PyYAML would silently keep the last one)."""
+
+    def __init__(self, key: Any, first_line: int, line: int):
+        super().__init__(f"line {line}: duplicate key '{key}' (first given on line {first_line}); give every key once")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate keys in every mapping, at every level."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_lines:
+                    raise DuplicateKeyError(key, first_lines[key], line)
+                first_lines[key] = line
+            except TypeError:  # unhashable key: the base class reports it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(stream: Any) -> Any:
+    """Parse YAML text or an open file like ``yaml.safe_load``, but reject duplicate keys.
+
+    Raises:
+        yaml.YAMLError: For invalid YAML, including :class:`DuplicateKeyError`.
+    """
+    return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
-            content = yaml.safe_load(handle)
+            content = load_yaml(handle)
+    except DuplicateKeyError as exc:
+        raise RshnError(f"{path}, {exc}") from exc
     except yaml.YAMLError as exc:
         raise RshnError(f"{path}: not valid YAML ({exc})") from exc
     except OSError as exc:
@@ -686,7 +739,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     dotted, raw = text.split("=", 1)
     section, key = dotted.strip().split(".", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise RshnError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
     return section, key, value
@@ -774,93 +827,194 @@ def resolve_predict_config(model_config: Config, overrides: typing.Sequence[str]
     return model_config
 
 
+#: Element-wise Keras activations accepted by ``model.activation`` and ``model.gru_activation``.
+ACTIVATIONS = ("celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoid", "hard_silu", "hard_swish",
+               "hard_tanh", "leaky_relu", "linear", "log_sigmoid", "mish", "relu", "relu6", "selu", "sigmoid", "silu",
+               "soft_shrink", "softplus", "softsign", "sparse_plus", "sparse_sigmoid", "squareplus", "swish", "tanh",
+               "tanh_shrink")
+
+#: One range check: the key it is reported under, what the value must be, the test, and other keys the test reads.
+_Check = tuple[str, str, typing.Callable[[], bool], tuple[str, ...]]
+
+
+def _pair(values: Optional[list], minimum: float, allow_none: bool = False) -> bool:
+    """Whether ``values`` is two numbers of at least ``minimum`` (or None when ``allow_none``)."""
+    if values is None:
+        return allow_none
+    return len(values) == 2 and min(values) >= minimum
+
+
+def _interval(values: Optional[list], minimum: float = -math.inf, allow_none: bool = False) -> bool:
+    """Whether ``values`` is ``[low, high]`` with ``minimum <= low <= high`` (or None when ``allow_none``)."""
+    if values is None:
+        return allow_none
+    return len(values) == 2 and minimum <= values[0] <= values[1]
+
+
+def _range_checks(c: Config) -> list[_Check]:
+    """Every range and relation check of the schema (types are checked when values are set)."""
+    d, m, a, lo, t, i, p, tr, e = (c.data, c.model, c.augmentation, c.loss, c.training, c.inference,
+                                   c.postprocessing, c.tracking, c.experiment)
+    grid = 2 ** (m.levels - 1) if m.levels >= 1 else 1
+    return [
+        ("data.tile_size", "two positive integers (height, width)", lambda: _pair(d.tile_size, 1), ()),
+        ("data.tile_size", f"divisible by 2^(model.levels-1) = {grid}",
+         lambda: all(s % grid == 0 for s in d.tile_size), ("model.levels",)),
+        ("data.resampled_size", "null or two positive integers (height, width)",
+         lambda: _pair(d.resampled_size, 1, allow_none=True), ()),
+        ("data.train_sequences", "a non-empty list of sequence names", lambda: len(d.train_sequences) >= 1, ()),
+        ("data.extra_scale", "positive", lambda: d.extra_scale > 0, ()),
+        ("data.sequence_length", "at least 2 (frames are clustered in pairs)", lambda: d.sequence_length >= 2, ()),
+        ("data.smoothing_sigma", "non-negative (0 = no smoothing)", lambda: d.smoothing_sigma >= 0, ()),
+        ("data.normalization_percentiles", "two increasing percentiles in [0, 100]",
+         lambda: len(d.normalization_percentiles) == 2
+         and 0 <= d.normalization_percentiles[0] < d.normalization_percentiles[1] <= 100, ()),
+        ("data.border_band", "non-negative", lambda: d.border_band >= 0, ()),
+        ("data.seg_sample_fraction", "in [0, 1]", lambda: 0.0 <= d.seg_sample_fraction <= 1.0, ()),
+        ("data.complete_seg_min_coverage", "in [0, 1]", lambda: 0.0 <= d.complete_seg_min_coverage <= 1.0, ()),
+        ("data.crop_border", "non-negative", lambda: d.crop_border >= 0, ()),
+        ("data.label_blur_sigma", "non-negative (0 = off)", lambda: d.label_blur_sigma >= 0, ()),
+        ("data.num_workers", "non-negative", lambda: d.num_workers >= 0, ()),
+        ("data.prefetch", "non-negative", lambda: d.prefetch >= 0, ()),
+        ("data.train_frames", "null or [start, stop] with 0 <= start < stop",
+         lambda: d.train_frames is None
+         or (len(d.train_frames) == 2 and 0 <= d.train_frames[0] < d.train_frames[1]), ()),
+        ("model.levels", "at least 1", lambda: m.levels >= 1, ()),
+        ("model.stacks", "at least 1", lambda: m.stacks >= 1, ()),
+        ("model.filters", "at least 1", lambda: m.filters >= 1, ()),
+        ("model.embedding_size", "at least 2", lambda: m.embedding_size >= 2, ()),
+        ("model.activation", f"an element-wise Keras activation ({', '.join(ACTIVATIONS)})",
+         lambda: m.activation in ACTIVATIONS, ()),
+        ("model.gru_activation", "an element-wise Keras activation (see model.activation)",
+         lambda: m.gru_activation in ACTIVATIONS, ()),
+        ("model.kernel_size", "at least 1", lambda: m.kernel_size >= 1, ()),
+        ("model.output_kernel_size", "at least 1", lambda: m.output_kernel_size >= 1, ()),
+        ("model.gate_init_scale", "positive", lambda: m.gate_init_scale > 0, ()),
+        ("model.normalization_epsilon", "positive", lambda: m.normalization_epsilon > 0, ()),
+        ("model.l2_factor", "non-negative", lambda: m.l2_factor >= 0, ()),
+        ("augmentation.mirror_probability", "in [0, 1]", lambda: 0.0 <= a.mirror_probability <= 1.0, ()),
+        ("augmentation.rotation_range", "two values [low, high] with low <= high",
+         lambda: _interval(a.rotation_range), ()),
+        ("augmentation.scale_range", "two values [low, high] with low <= high",
+         lambda: _interval(a.scale_range), ()),
+        ("augmentation.scale_range", "positive", lambda: a.scale_range[0] > 0, ()),
+        ("augmentation.intensity_shift", "two values [low, high] with low <= high",
+         lambda: _interval(a.intensity_shift), ()),
+        ("augmentation.intensity_scale", "two values [low, high] with low <= high",
+         lambda: _interval(a.intensity_scale), ()),
+        ("augmentation.code_scale_delta", "in [0, 1)", lambda: 0.0 <= a.code_scale_delta < 1.0, ()),
+        ("augmentation.elastic_grid", "two integers of at least 2 (control points per axis)",
+         lambda: _pair(a.elastic_grid, 2), ()),
+        ("augmentation.elastic_displacement", "non-negative", lambda: a.elastic_displacement >= 0, ()),
+        ("augmentation.elastic_spline_order", "in 0 ... 5", lambda: 0 <= a.elastic_spline_order <= 5, ()),
+        ("augmentation.translation_fraction", "in [0, 1]", lambda: 0.0 <= a.translation_fraction <= 1.0, ()),
+        ("augmentation.gamma_range", "null or two positive values [low, high] with low <= high",
+         lambda: _interval(a.gamma_range, allow_none=True) and (a.gamma_range is None or a.gamma_range[0] > 0), ()),
+        ("augmentation.per_frame_shift", "non-negative", lambda: a.per_frame_shift >= 0, ()),
+        ("augmentation.per_frame_scale", "in [0, 1)", lambda: 0.0 <= a.per_frame_scale < 1.0, ()),
+        ("loss.max_instances", "at least 1", lambda: lo.max_instances >= 1, ()),
+        ("loss.neighbour_radius", "non-negative", lambda: lo.neighbour_radius >= 0, ()),
+        ("loss.neighbour_dilation", "non-negative", lambda: lo.neighbour_dilation >= 0, ()),
+        ("loss.hourglass_weights", "one non-negative weight per hourglass (model.stacks)",
+         lambda: len(lo.hourglass_weights) == m.stacks and min(lo.hourglass_weights) >= 0, ("model.stacks",)),
+        ("loss.background_weight", "non-negative", lambda: lo.background_weight >= 0, ()),
+        ("loss.epsilon", "positive", lambda: lo.epsilon > 0.0, ()),
+        ("training.iterations", "at least 1", lambda: t.iterations >= 1, ()),
+        ("training.batch_size", "at least 1", lambda: t.batch_size >= 1, ()),
+        ("training.learning_rate", "positive", lambda: t.learning_rate > 0, ()),
+        ("training.learning_rate_final", "positive", lambda: t.learning_rate_final > 0, ()),
+        ("training.learning_rate_drop_fraction", "in [0, 1]", lambda: 0.0 <= t.learning_rate_drop_fraction <= 1.0,
+         ()),
+        ("training.adam_epsilon", "positive", lambda: t.adam_epsilon > 0, ()),
+        ("training.seed", "non-negative", lambda: t.seed >= 0, ()),
+        ("training.checkpoint_every", "at least 1", lambda: t.checkpoint_every >= 1, ()),
+        ("training.max_checkpoints", "at least 1", lambda: t.max_checkpoints >= 1, ()),
+        ("training.snapshot_every", "non-negative (0 = no snapshots)", lambda: t.snapshot_every >= 0, ()),
+        ("training.log_every", "at least 1", lambda: t.log_every >= 1, ()),
+        ("training.image_every", "non-negative (0 = no images)", lambda: t.image_every >= 0, ()),
+        ("training.validation_every", "non-negative (0 = no validation)", lambda: t.validation_every >= 0, ()),
+        ("training.validation_samples", "a positive multiple of training.batch_size",
+         lambda: t.validation_samples >= 1 and t.validation_samples % t.batch_size == 0, ("training.batch_size",)),
+        ("inference.tile_size", f"null or two positive integers, divisible by 2^(model.levels-1) = {grid} unless "
+                                f"inference.full_frame",
+         lambda: i.tile_size is None
+         or (_pair(i.tile_size, 1) and (i.full_frame or all(s % grid == 0 for s in i.tile_size))),
+         ("model.levels", "inference.full_frame")),
+        ("inference.tile_overlap", "non-negative and smaller than the inference tile size",
+         lambda: 0 <= i.tile_overlap < min(c.inference_tile_size), ("inference.tile_size", "data.tile_size")),
+        ("inference.max_batch_tiles", "non-negative (0 = all tiles)", lambda: i.max_batch_tiles >= 0, ()),
+        ("inference.encoding_cache_mb", "non-negative (0 = no reuse)", lambda: i.encoding_cache_mb >= 0, ()),
+        ("inference.threads", "non-negative (0 = all available cores)", lambda: i.threads >= 0, ()),
+        ("inference.checkpoint_every", "non-negative (0 = no checkpoints)", lambda: i.checkpoint_every >= 0, ()),
+        ("postprocessing.bandwidth", "in (0, 2) (a cosine distance)", lambda: 0.0 < p.bandwidth < 2.0, ()),
+        ("postprocessing.background_threshold", "in (0, 1)", lambda: 0.0 < p.background_threshold < 1.0, ()),
+        ("postprocessing.coordinate_factor", "non-negative", lambda: p.coordinate_factor >= 0, ()),
+        ("postprocessing.num_seeds", "at least 1", lambda: p.num_seeds >= 1, ()),
+        ("postprocessing.max_iterations", "at least 1", lambda: p.max_iterations >= 1, ()),
+        ("postprocessing.convergence_tolerance", "positive", lambda: p.convergence_tolerance > 0, ()),
+        ("postprocessing.min_size", "non-negative", lambda: p.min_size >= 0, ()),
+        ("postprocessing.seed", "non-negative", lambda: p.seed >= 0, ()),
+        ("postprocessing.hdbscan_min_cluster_size", "at least 2 (HDBSCAN needs clusters of two or more points)",
+         lambda: p.hdbscan_min_cluster_size >= 2, ()),
+        ("postprocessing.hdbscan_coordinate_factor", "non-negative", lambda: p.hdbscan_coordinate_factor >= 0, ()),
+        ("postprocessing.merge_overlap_fraction", "in [0, 1)", lambda: 0.0 <= p.merge_overlap_fraction < 1.0, ()),
+        ("postprocessing.merge_ignore_border", "non-negative", lambda: p.merge_ignore_border >= 0, ()),
+        ("tracking.link_iou_threshold", "in [0, 1]", lambda: 0.0 <= tr.link_iou_threshold <= 1.0, ()),
+        ("tracking.parent_iou_threshold", "in [0, 1]", lambda: 0.0 <= tr.parent_iou_threshold <= 1.0, ()),
+        ("tracking.parent_dilation", "non-negative (0 = none)", lambda: tr.parent_dilation >= 0, ()),
+        ("tracking.parent_search_frames", "at least 1", lambda: tr.parent_search_frames >= 1, ()),
+        ("tracking.min_track_length", "at least 1", lambda: tr.min_track_length >= 1, ()),
+        ("tracking.merge_search_frames", "non-negative", lambda: tr.merge_search_frames >= 0, ()),
+        ("tracking.label_gaussian_sigma", "positive", lambda: tr.label_gaussian_sigma > 0, ()),
+        ("experiment.cv_iterations", "at least 1", lambda: e.cv_iterations >= 1, ()),
+        ("experiment.split_frame", "at least data.sequence_length in time_split mode (frames to train on)",
+         lambda: e.mode != "time_split" or e.split_frame >= d.sequence_length,
+         ("experiment.mode", "data.sequence_length")),
+        ("experiment.synthetic_frames", "at least 2", lambda: e.synthetic_frames >= 2, ()),
+        ("experiment.synthetic_size", "two integers (height, width) of at least 32",
+         lambda: _pair(e.synthetic_size, 32), ()),
+    ]
+
+
+def _source_of(config: Config, keys: typing.Iterable[str], default: str) -> str:
+    """Where the first of ``keys`` that a file or ``--set`` gave was set (``default`` when none was)."""
+    sources = getattr(config, "sources", {})
+    return next((sources[key] for key in keys if key in sources), default)
+
+
 def validate(config: Config, source: str = "config") -> None:
-    """Check value ranges and relations that types alone cannot express.
+    """Check value ranges and relations that types alone cannot express, all at once.
+
+    A check whose test cannot even be evaluated (e.g. ``inference.tile_overlap`` while ``data.tile_size`` holds one
+    number) is left to the check of the broken key, which fails too.
+
+    Args:
+        config: The configuration to check.
+        source: Named in messages for keys that no file or ``--set`` gave (their defaults).
 
     Raises:
-        RshnError: Naming the first offending key.
+        RshnError: Naming every offending key, its value and the file or ``--set`` it came from.
     """
-    checks: list[tuple[bool, str, str]] = [
-        (len(config.data.tile_size) == 2 and min(config.data.tile_size) > 0, "data.tile_size",
-         "two positive integers (height, width)"),
-        (config.data.resampled_size is None
-         or (len(config.data.resampled_size) == 2 and min(config.data.resampled_size) > 0),
-         "data.resampled_size", "null or two positive integers (height, width)"),
-        (config.data.sequence_length >= 2, "data.sequence_length", "at least 2 (frames are clustered in pairs)"),
-        (len(config.data.normalization_percentiles) == 2
-         and 0 <= config.data.normalization_percentiles[0] < config.data.normalization_percentiles[1] <= 100,
-         "data.normalization_percentiles", "two increasing percentiles in [0, 100]"),
-        (0.0 <= config.data.seg_sample_fraction <= 1.0, "data.seg_sample_fraction", "in [0, 1]"),
-        (0.0 <= config.data.complete_seg_min_coverage <= 1.0, "data.complete_seg_min_coverage", "in [0, 1]"),
-        (config.data.border_band >= 0, "data.border_band", "non-negative"),
-        (config.data.num_workers >= 0, "data.num_workers", "non-negative"),
-        (config.data.train_frames is None
-         or (len(config.data.train_frames) == 2 and 0 <= config.data.train_frames[0] < config.data.train_frames[1]),
-         "data.train_frames", "null or [start, stop] with 0 <= start < stop"),
-        (config.model.levels >= 1, "model.levels", "at least 1"),
-        (config.model.stacks >= 1, "model.stacks", "at least 1"),
-        (config.model.filters >= 1, "model.filters", "at least 1"),
-        (config.model.embedding_size >= 2, "model.embedding_size", "at least 2"),
-        (all(s % (2 ** (config.model.levels - 1)) == 0 for s in config.data.tile_size), "data.tile_size",
-         f"divisible by 2^(model.levels-1) = {2 ** (config.model.levels - 1)}"),
-        (0.0 <= config.augmentation.mirror_probability <= 1.0, "augmentation.mirror_probability", "in [0, 1]"),
-        (config.loss.max_instances >= 1, "loss.max_instances", "at least 1"),
-        (config.loss.epsilon > 0.0, "loss.epsilon", "positive"),
-        (len(config.loss.hourglass_weights) == config.model.stacks, "loss.hourglass_weights",
-         "one weight per hourglass (model.stacks)"),
-        (config.training.iterations >= 1, "training.iterations", "at least 1"),
-        (config.training.batch_size >= 1, "training.batch_size", "at least 1"),
-        (config.training.checkpoint_every >= 1, "training.checkpoint_every", "at least 1"),
-        (config.training.max_checkpoints >= 1, "training.max_checkpoints", "at least 1"),
-        (config.training.snapshot_every >= 0, "training.snapshot_every", "non-negative (0 = no snapshots)"),
-        (config.training.log_every >= 1, "training.log_every", "at least 1"),
-        (config.training.image_every >= 0, "training.image_every", "non-negative (0 = no images)"),
-        (config.training.validation_every >= 0, "training.validation_every", "non-negative (0 = no validation)"),
-        (config.training.validation_samples >= 1
-         and config.training.validation_samples % config.training.batch_size == 0,
-         "training.validation_samples", "a positive multiple of training.batch_size"),
-        (config.training.seed >= 0, "training.seed", "non-negative"),
-        (config.training.learning_rate > 0 and config.training.learning_rate_final > 0, "training.learning_rate",
-         "positive (and training.learning_rate_final too)"),
-        (0.0 <= config.training.learning_rate_drop_fraction <= 1.0, "training.learning_rate_drop_fraction",
-         "in [0, 1]"),
-        (config.inference.tile_size is None
-         or (len(config.inference.tile_size) == 2 and min(config.inference.tile_size) > 0
-             and (config.inference.full_frame
-                  or all(s % (2 ** (config.model.levels - 1)) == 0 for s in config.inference.tile_size))),
-         "inference.tile_size", f"null or two positive integers, divisible by 2^(model.levels-1) = "
-                                f"{2 ** (config.model.levels - 1)} unless inference.full_frame"),
-        (0 <= config.inference.tile_overlap < min(config.inference_tile_size), "inference.tile_overlap",
-         "non-negative and smaller than the inference tile size"),
-        (config.inference.max_batch_tiles >= 0, "inference.max_batch_tiles", "non-negative (0 = all tiles)"),
-        (config.inference.encoding_cache_mb >= 0, "inference.encoding_cache_mb", "non-negative (0 = no reuse)"),
-        (config.inference.threads >= 0, "inference.threads", "non-negative (0 = all available cores)"),
-        (config.inference.checkpoint_every >= 0, "inference.checkpoint_every", "non-negative (0 = no checkpoints)"),
-        (0.0 < config.postprocessing.bandwidth < 2.0, "postprocessing.bandwidth", "in (0, 2) (a cosine distance)"),
-        (0.0 < config.postprocessing.background_threshold < 1.0, "postprocessing.background_threshold", "in (0, 1)"),
-        (config.postprocessing.num_seeds >= 1, "postprocessing.num_seeds", "at least 1"),
-        (config.postprocessing.min_size >= 0, "postprocessing.min_size", "non-negative"),
-        (0.0 <= config.postprocessing.merge_overlap_fraction < 1.0, "postprocessing.merge_overlap_fraction",
-         "in [0, 1)"),
-        (config.postprocessing.merge_ignore_border >= 0, "postprocessing.merge_ignore_border", "non-negative"),
-        (config.tracking.min_track_length >= 1, "tracking.min_track_length", "at least 1"),
-        (config.tracking.parent_search_frames >= 1, "tracking.parent_search_frames", "at least 1"),
-        (config.experiment.cv_iterations >= 1, "experiment.cv_iterations", "at least 1"),
-        (config.experiment.mode != "time_split" or config.experiment.split_frame >= config.data.sequence_length,
-         "experiment.split_frame", "at least data.sequence_length in time_split mode (frames to train on)"),
-        (config.experiment.synthetic_frames >= 2, "experiment.synthetic_frames", "at least 2"),
-        (len(config.experiment.synthetic_size) == 2 and min(config.experiment.synthetic_size) >= 32,
-         "experiment.synthetic_size", "two integers (height, width) of at least 32"),
-    ]
-    for range_key in ("rotation_range", "scale_range", "intensity_shift", "intensity_scale"):
-        values = getattr(config.augmentation, range_key)
-        checks.append((len(values) == 2 and values[0] <= values[1], f"augmentation.{range_key}",
-                       "two values [low, high] with low <= high"))
-    for ok, key, requirement in checks:
-        if not ok:
+    problems: list[str] = []
+    unevaluated: list[str] = []
+    for key, requirement, ok, related in _range_checks(config):
+        try:
+            passed = bool(ok())
+        except (TypeError, ValueError, IndexError, ZeroDivisionError):
+            unevaluated.append(f"{_source_of(config, (key, *related), source)}: key '{key}' must be {requirement}")
+            continue
+        if not passed:
             section, name = key.split(".")
             value = getattr(getattr(config, section), name)
-            raise RshnError(f"{source}: key '{key}' must be {requirement}, got {value!r}")
+            problems.append(f"{_source_of(config, (key, *related), source)}: key '{key}' must be {requirement}, "
+                            f"got {value!r}")
+    if not problems:
+        problems = unevaluated
+    problems = list(dict.fromkeys(problems))
+    if len(problems) == 1:
+        raise RshnError(problems[0])
+    if problems:
+        raise RshnError(f"{len(problems)} invalid config values:\n  " + "\n  ".join(problems))
 
 
 def describe_keys() -> str:

@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from rshn_tf.errors import RshnError
 
 #: Scores reported by :func:`evaluate_result`, in table order (OP_CTB = mean of SEG and TRA, the paper's OP).
@@ -81,7 +83,8 @@ def evaluate_result(
         cannot read) scores 0 in every measure, as the CTC definitions give.
 
     Raises:
-        RshnError: If the ground truth or result folder is missing or incomplete, or the result is invalid.
+        RshnError: If the ground truth or result folder is missing or incomplete, a file in them is unreadable or of
+            the wrong size (named in the message), or the result is invalid.
     """
     from ctc_metrics import evaluate_sequence
 
@@ -95,6 +98,7 @@ def evaluate_result(
     gt_frames = sorted(tra.glob("man_track*.tif"))
     if len(gt_frames) != len(masks):
         raise RshnError(f"{res_dir}: {len(masks)} result masks but {len(gt_frames)} ground-truth frames in {tra}")
+    _check_files(res_dir, masks, gt_dir, gt_frames)
     metrics = list(dict.fromkeys(metrics))
     has_seg = (gt_dir / "SEG").is_dir() and any((gt_dir / "SEG").glob("man_seg*.tif"))
     requested = [m for m in metrics if has_seg or m != "SEG"]
@@ -121,6 +125,28 @@ def evaluate_result(
     if "SEG" in metrics and "TRA" in metrics:
         scores.setdefault("OP_CTB", None)
     return scores
+
+
+def _check_files(res_dir: Path, masks: list[Path], gt_dir: Path, gt_frames: list[Path]) -> None:
+    """Read every file py-ctcmetrics will read with rshn's own readers, so that a broken one is named with its
+    problem (unreadable TIFF, not 2-D, not integer labels, a frame size that differs, a bad track file line)
+    instead of surfacing as a py-ctcmetrics error or a label mismatch.
+
+    Raises:
+        RshnError: Naming the first bad file.
+    """
+    from data_io.ctc import read_label_image, read_track_file
+
+    read_track_file(gt_dir / "TRA" / "man_track.txt")
+    read_track_file(res_dir / "res_track.txt")
+    reference = gt_frames[0]
+    shape = read_label_image(reference, np.uint16).shape
+    seg_files = sorted((gt_dir / "SEG").glob("man_seg*.tif")) if (gt_dir / "SEG").is_dir() else []
+    for path in gt_frames[1:] + seg_files + masks:
+        image = read_label_image(path, np.int64 if path in masks else np.uint16)
+        if image.shape != shape:
+            raise RshnError(f"{path}: frame size {image.shape} differs from the ground truth's {shape} "
+                            f"({reference}); results must have the size of the original frames")
 
 
 def _is_empty(res_dir: Path, masks: list[Path]) -> bool:

@@ -64,6 +64,7 @@ from ctc_submission.writer import check_result_target, swap_in
 from data_io.ctc import FrameFiles, list_frames, read_frame
 from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
 from rshn_tf.config import Config, DataConfig, resolve_predict_config, save_config
+from rshn_tf.console import progress_bar
 from rshn_tf.errors import RshnError
 from rshn_tf.label_store import fsync_written, save_atomically
 from rshn_tf.output_lock import OutputLock
@@ -158,7 +159,7 @@ class FrameSource:
         """Frame t on the network grid, float32 (h, w)."""
         if t not in self._cache:
             start = time.perf_counter()
-            raw = read_frame(self.paths[t])
+            raw = read_frame(self.paths[t], t)
             if raw.shape != self.original_shape:
                 raise RshnError(f"{self.paths[t]}: frame shape {raw.shape} differs from {self.original_shape}")
             mid = time.perf_counter()
@@ -803,7 +804,7 @@ def predict(
         save_embeddings: Also write the pair embeddings there (see :class:`EmbeddingWriter`; in tiles mode each
             pixel comes from the tile in which it lies most centrally, so ``rshn postprocess`` on them reproduces
             this result only approximately; exactly in full-frame mode).
-        progress: Show a tqdm bar over frames (None: only on a terminal).
+        progress: Show a tqdm bar over frames (None: on a terminal; plain log lines when stderr is not one).
         model: An already loaded network of the folder (skips loading; for benchmarks and tests).
         resume: Continue the unfinished run writing ``output_dir`` from its last checkpoint (start afresh when there
             is none); without it, an unfinished run there is refused.
@@ -816,12 +817,14 @@ def predict(
             folder that cannot be replaced or that another process is writing, or an unfinished run without
             ``resume`` (or one that differs from this call with it).
     """
-    from rshn_tf.model_folder import ModelFolder
+    from rshn_tf.model_folder import ModelFolder, weights_file
 
     wall = time.perf_counter()
     config = resolve_predict_config(ModelFolder(model_dir).read_config(), overrides)
     files = list_frames(input_dir)
     check_result_target(output_dir)  # fail before the network runs, not after
+    if model is None:
+        weights_file(model_dir, weights)
     if save_embeddings is not None:
         check_embeddings_target(save_embeddings)
         if Path(save_embeddings).resolve() == Path(output_dir).resolve():
@@ -955,7 +958,4 @@ def consume_pairs(pairs: Iterator[PairEmbeddings], consume: Any, overlap: bool) 
 
 
 def _progress_bar(total: int, enabled: Optional[bool]) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="frame", desc="predict", disable=(None if enabled is None else not enabled),
-                leave=False)
+    return progress_bar(total, unit="frame", desc="predict", enabled=enabled, leave=False)

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import yaml
 
-from rshn_tf.config import Config, config_from_dict, save_config
+from rshn_tf.config import Config, config_from_dict, load_yaml, save_config
 from rshn_tf.errors import RshnError
 
 CONFIG_FILE = "config.yaml"
@@ -141,7 +141,7 @@ class ModelFolder:
                             "resolved config.yaml of its run")
         try:
             with open(self.config_path, encoding="utf-8") as handle:
-                values = yaml.safe_load(handle)
+                values = load_yaml(handle)
         except (OSError, yaml.YAMLError) as exc:
             raise RshnError(f"{self.config_path}: cannot be read ({exc})") from exc
         return config_from_dict(values or {}, str(self.config_path))
@@ -307,19 +307,38 @@ def load_trained_model(model_dir: str | os.PathLike, weights: str = "auto") -> t
 
     folder = ModelFolder(model_dir)
     config = folder.read_config()
-    if weights == "auto":
-        weights = folder.default_weights()
-    if weights in WEIGHTS_FILES:
-        path = folder.weights_path(weights)
-        if not path.is_file():
-            other = [name for name in WEIGHTS_FILES if name != weights and folder.weights_path(name).is_file()]
-            hint = f"; '{other[0]}' exists" if other else "; the run exported no weights yet"
-            raise RshnError(f"{path}: missing ({weights} weights of model folder {folder.root}){hint}")
-    else:
-        path = Path(weights)
+    path = weights_file(model_dir, weights)
     model = build_model(config.model)
     load_weights_checked(model, path)
     return model, config
+
+
+def weights_file(model_dir: str | os.PathLike, weights: str = "auto") -> Path:
+    """The weights file that ``--weights`` chooses in a model folder, checked to exist (so that callers can fail
+    before they write anything).
+
+    Args:
+        model_dir: A model folder.
+        weights: ``best``, ``last``, ``auto`` (best when present, else last) or the path of a ``.weights.h5`` file.
+
+    Raises:
+        RshnError: If the chosen weights do not exist.
+    """
+    folder = ModelFolder(model_dir)
+    if weights == "auto":
+        weights = folder.default_weights()
+    if weights not in WEIGHTS_FILES:
+        path = Path(weights)
+        if not path.is_file():
+            raise RshnError(f"--weights {weights}: neither {', '.join(repr(w) for w in (*WEIGHTS_FILES, 'auto'))} "
+                            f"nor an existing .weights.h5 file")
+        return path
+    path = folder.weights_path(weights)
+    if not path.is_file():
+        other = [name for name in WEIGHTS_FILES if name != weights and folder.weights_path(name).is_file()]
+        hint = f"; '{other[0]}' exists" if other else "; the run exported no weights yet"
+        raise RshnError(f"{path}: missing ({weights} weights of model folder {folder.root}){hint}")
+    return path
 
 
 def create_model_folder(config: Config, model: Any, model_dir: str | os.PathLike) -> ModelFolder:

@@ -251,6 +251,19 @@ def _load_pair(path: Path, shape: tuple[int, int], dim: Optional[int]) -> np.nda
     return pair
 
 
+def _check_finite_pair(pair: np.ndarray, path: Path, index: int) -> None:
+    """Reject saved embeddings holding NaN or infinite values (they would silently empty frames or change tracks).
+
+    Raises:
+        RshnError: Naming the file and the frame of the pair that is affected.
+    """
+    for half in range(2):
+        bad = int(pair[half].size - np.count_nonzero(np.isfinite(pair[half])))
+        if bad:
+            raise RshnError(f"{path}: the embeddings of frame {index + half} (pair {index}, frame {half} of 2) hold "
+                            f"{bad} NaN or infinite value(s); write them again with 'rshn predict --save-embeddings'")
+
+
 def checkpoint_due(processor: PostProcessor, total_pairs: int) -> bool:
     """Whether a checkpoint is due after the pair just added: every ``inference.checkpoint_every`` pairs, and after
     the last pair (then :meth:`PostProcessor.flush` must run first)."""
@@ -297,14 +310,17 @@ def run_postprocess(
         The finished :class:`PostProcessor` (its ``timings`` hold seconds per stage).
 
     Raises:
-        RshnError: On missing pairs, wrong shapes or unreadable files, an output another process is writing, or an
-            unfinished run without ``resume``.
+        RshnError: On a bad ``original_shape``, missing pairs, wrong shapes, NaN or infinite values or unreadable
+            files, an output another process is writing, or an unfinished run without ``resume``.
     """
+    if len(original_shape) != 2 or min(int(n) for n in original_shape) < 1:
+        raise RshnError(f"--original-shape {' '.join(str(n) for n in original_shape)}: expected the height and width "
+                        f"of the original frames, two positive integers")
     files = list_pair_files(embeddings_dir)
     shape = network_shape((int(original_shape[0]), int(original_shape[1])), config.data)
     dim = _load_pair(files[0], shape, None).shape[3]
-    for path in files[1:]:  # check every file before the (slow) processing starts
-        _load_pair(path, shape, dim)
+    for index, path in enumerate(files):  # check every file before the (slow) processing starts
+        _check_finite_pair(_load_pair(path, shape, dim), path, index)
     check_result_target(output_dir)
     identity = {"command": "postprocess", "embeddings": str(Path(embeddings_dir).resolve()), "pairs": len(files),
                 "original_shape": [int(original_shape[0]), int(original_shape[1])], "digits": digits}

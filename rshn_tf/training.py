@@ -22,7 +22,8 @@ plus the weight decay) under the ``tf.distribute`` strategy of ``training.strate
   them the seconds spent waiting for the input pipeline), TensorBoard scalars every
   ``log_every`` updates (interval means of every loss term, learning rate, iterations/s, samples/s and the
   fraction of time spent waiting for input) and images every ``image_every`` updates (three dimensions of the last
-  hourglass's normalised embeddings of the first sample as RGB, next to its input frames), a tqdm progress bar.
+  hourglass's normalised embeddings of the first sample as RGB, next to its input frames), a tqdm progress bar
+  (plain log lines when stderr is not a terminal).
 * Exported weights: ``weights.last`` at every checkpoint and at the end; ``weights.best`` whenever the validation
   loss (``validation_every`` > 0, samples of ``validation_sequences``) or, without validation, the mean training
   loss of a checkpoint interval reaches a new minimum. Both criteria use the loss without the weight decay.
@@ -50,9 +51,9 @@ from typing import Any, Callable, Iterator, Optional
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from rshn_tf.config import Config, TrainingConfig
+from rshn_tf.console import progress_bar
 from rshn_tf.errors import RshnError
 from rshn_tf.losses import total_loss
 from rshn_tf.model_folder import ModelFolder, save_weights_atomic
@@ -438,7 +439,7 @@ def train(
         dataset_fn: Source of training batches (default :func:`pipeline_dataset_fn`).
         validation_fn: Source of validation batches when ``training.validation_every`` > 0 (default
             :func:`pipeline_validation_fn`).
-        progress: Show a tqdm progress bar (None: only on a terminal).
+        progress: Show a tqdm progress bar (None: on a terminal; plain log lines when stderr is not one).
 
     With ``training.strategy: multi_worker``, nothing may start TensorFlow's runtime before this call (e.g. create
     tensors in ``dataset_fn`` only when it is called): TensorFlow configures the collectives at startup.
@@ -580,8 +581,8 @@ class _Loop:
             return self._result(step, None)
         train_step = make_train_step(self.model, self.optimizer, self.strategy, self.config)
         images = make_image_fn(self.model) if training.image_every > 0 and self.chief else None
-        bar = tqdm(total=training.iterations, initial=step, unit="it", dynamic_ncols=True,
-                   disable=None if self.progress is None else not self.progress, desc="training")
+        bar = progress_bar(training.iterations, initial=step, unit="it", desc="training", enabled=self.progress,
+                           dynamic_ncols=True)
         stop = StopRequest()
         with stop:  # before the input pipeline starts, so that no signal is lost
             first_sample = int(state.next_sample.numpy())
@@ -595,8 +596,8 @@ class _Loop:
                 terms = {key: float(value) for key, value in train_step(batch).items()}
                 step += 1
                 self._record(step, terms, learning_rate, time.perf_counter() - tic, waited)
-                bar.update(1)
                 bar.set_postfix(loss=f"{terms['total']:.4f}", lr=f"{learning_rate:.0e}")
+                bar.update(1)
                 self._periodic(step, batch, learning_rate, images)
         bar.close()
         if stop.requested:

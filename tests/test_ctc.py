@@ -364,8 +364,10 @@ def _break_no_tra_masks(dataset: Path) -> None:
 
 
 MALFORMED = {
-    "missing sequence folder": (_break_missing_sequence, r"DS/01: raw frame folder of sequence 01 not found \(to load "
-                                                         r"its ground truth alone, use require_frames=False\)$"),
+    "missing sequence folder": (_break_missing_sequence, r"DS/01: raw frame folder of sequence 01 not found; training "
+                                                         r"needs the frames tNNN\.tif of every sequence it uses "
+                                                         r"\(check --data, data\.train_sequences and "
+                                                         r"training\.validation_sequences\)$"),
     "no frames": (_break_no_frames, r"DS/01: no raw frame files \(expected names like t000\.tif\)$"),
     "gap": (_break_gap, r"DS/01: raw frame numbers are not contiguous from 0: t001\.tif is missing \(found 3 files, "
                         r"numbers 0\.\.3\)$"),

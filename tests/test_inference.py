@@ -576,7 +576,7 @@ def test_predict_errors_are_clear(model_dir, short_video, tmp_path, capsys):
     code, err = run("--model", model, "--input", video, "--output", str(out), "--set", "model.levels=4")
     assert code == EXIT_USER_ERROR and "'model.*' keys describe the trained network" in err
     code, err = run("--model", model, "--input", video, "--output", str(out), "--weights", "last2")
-    assert code == EXIT_USER_ERROR and "weights file missing" in err
+    assert code == EXIT_USER_ERROR and "--weights last2: neither 'best', 'last', 'auto'" in err
     bad = tmp_path / "bad"
     bad.mkdir()
     write_tiff(bad / "t000.tif", np.zeros((128, 128), np.uint16))
