@@ -57,6 +57,7 @@ from typing import Any, Callable, Optional, Sequence
 from rshn_tf.config import Config, load_config_layers, resolve_config_path, save_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.evaluation import REPORTED
+from rshn_tf.model_folder import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +257,6 @@ def format_seconds(seconds: float) -> str:
 def write_json_atomic(path: Path, content: Any) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
     write_text_atomic(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def config_digest(config: Config, sections: Sequence[str], ignore: frozenset[str] = RERUN_MAY_CHANGE) -> str:

@@ -230,20 +230,30 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, weigh
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path`` (on failure the temporary
+    file is removed and ``path`` is unchanged)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_weights_atomic(model: Any, path: str | os.PathLike) -> Path:
-    """``model.save_weights`` to a temporary ``.weights.h5`` beside ``path``, then rename it over ``path``."""
+    """``model.save_weights`` to a temporary ``.weights.h5`` beside ``path``, then rename it over ``path`` (on
+    failure the temporary file is removed and ``path`` is unchanged)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{os.getpid()}.tmp.{path.name}")
-    model.save_weights(str(tmp))
-    os.replace(tmp, path)
+    try:
+        model.save_weights(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
