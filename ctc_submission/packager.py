@@ -62,6 +62,7 @@ from ctc_submission.writer import fresh_folder, swap_in
 from rshn_tf.config import Config, apply_overrides, preset_dir, save_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.model_folder import MODEL_INFO_FILE, WEIGHTS_FILES, ModelFolder, model_info, write_text_atomic
+from rshn_tf.output_lock import claim_output
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,9 @@ def package_submission(
         A :class:`PackageResult`.
 
     Raises:
-        RshnError: On a bad name, model folder, config, weights, an ``SW/`` not written by rshn-tf, a failed
-            launcher or a result that fails the check.
+        RshnError: On a bad name, model folder, config, weights, an ``SW/`` not written by rshn-tf, a submission
+            folder that cannot be written or that another process writes, a failed launcher or a result that fails
+            the check.
     """
     check_dataset_name(dataset)
     folder = ModelFolder(model_dir)
@@ -181,25 +183,26 @@ def package_submission(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RshnError(f"{out_dir}: exists and is not a folder; choose another submission folder")
-    sw_dir = out_dir / SW_DIR
-    _check_replaceable(sw_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with claim_output(out_dir, "submission folder", inside=True):  # one writer, so no dataset's run is lost
+        sw_dir = out_dir / SW_DIR
+        _check_replaceable(sw_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
 
-    tmp = fresh_folder(sw_dir, "tmp")
-    try:
-        _build_sw(tmp, sw_dir, folder, weights, config, dataset, wheels)
-        _refuse_local_paths(tmp, [folder.root, out_dir, Path(rshn_tf.__file__).resolve().parent.parent, Path.home(),
-                                  Path(sys.prefix), Path(sys.base_prefix)])
-        swap_in(tmp, sw_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    datasets = packaged_datasets(sw_dir)
-    log.info("packaged %s into %s (datasets: %s)", dataset, sw_dir, ", ".join(datasets))
-    result = PackageResult(sw_dir, datasets)
-    if data_dir is not None:
-        result.results, result.seconds_per_frame = _run_and_check(out_dir, dataset, data_dir)
-    return result
+        tmp = fresh_folder(sw_dir, "tmp")
+        try:
+            _build_sw(tmp, sw_dir, folder, weights, config, dataset, wheels)
+            _refuse_local_paths(tmp, [folder.root, out_dir, Path(rshn_tf.__file__).resolve().parent.parent,
+                                      Path.home(), Path(sys.prefix), Path(sys.base_prefix)])
+            swap_in(tmp, sw_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        datasets = packaged_datasets(sw_dir)
+        log.info("packaged %s into %s (datasets: %s)", dataset, sw_dir, ", ".join(datasets))
+        result = PackageResult(sw_dir, datasets)
+        if data_dir is not None:
+            result.results, result.seconds_per_frame = _run_and_check(out_dir, dataset, data_dir)
+        return result
 
 
 def packaged_datasets(sw_dir: str | os.PathLike) -> list[str]:

@@ -20,16 +20,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
+from ctc_submission.writer import fresh_folder, swap_in
 from data_io.sampling import Sample, TrainingData, make_sample
 from rshn_tf.config import Config, save_config
 from rshn_tf.errors import RshnError
+from rshn_tf.os_faults import prepare_output
 
 #: Instances drawn in the overview (the ones with the most S(i) pixels).
 SHOWN_INSTANCES = 4
@@ -153,23 +154,13 @@ def show_sample(config: Config, out_dir: str | os.PathLike, seed: int = 0, index
     if out_dir.exists() and not _replaceable(out_dir):
         raise RshnError(f"{out_dir}: exists and is not an earlier show-sample output; choose another --out or "
                         f"remove it")
+    prepare_output(out_dir, "sample folder")
     data = TrainingData.from_config(config, dataset_dir)
     sample = make_sample(data, seed, index)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    tmp = fresh_folder(out_dir, "tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder the usual permissions
         write_sample(sample, config, tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        swap_in(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import os
+import signal
 from typing import Iterator, Literal, Optional
 
 import numpy as np
@@ -37,6 +38,7 @@ def simpleitk_threads(num_workers: int) -> int:
 
 def _init_process(data: TrainingData, threads: int) -> None:
     global _worker_data
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
     _worker_data = data
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(threads)
 

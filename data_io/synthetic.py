@@ -26,7 +26,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,10 @@ import numpy as np
 import yaml
 from scipy import ndimage
 
+from ctc_submission.writer import fresh_folder
 from data_io.ctc import write_tiff, write_track_file
 from rshn_tf.errors import RshnError
+from rshn_tf.os_faults import prepare_output
 
 LOG = logging.getLogger(__name__)
 
@@ -747,9 +748,8 @@ def write_synthetic_dataset(
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise RshnError(f"{out_dir}: folder exists and is not empty; choose another path or replace it with "
                         f"--overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    prepare_output(out_dir, "dataset folder")
+    temp_dir = fresh_folder(out_dir, "tmp")
     try:
         seeds = {}
         for name in sequences:
@@ -788,7 +788,7 @@ def _replace_folder(source: Path, target: Path) -> None:
         target.rmdir()
         source.rename(target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    old = fresh_folder(target, "old")
     old.rmdir()
     target.rename(old)
     source.rename(target)

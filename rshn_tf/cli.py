@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,6 +17,8 @@ from rshn_tf import __version__
 from rshn_tf.config import Config, load_config, validate
 from rshn_tf.console import quiet_tensorflow
 from rshn_tf.errors import RshnError
+from rshn_tf.interrupts import Interrupted, exit_status, stop_on_signals
+from rshn_tf.os_faults import fault_message, forget_checked
 
 log = logging.getLogger("rshn")
 
@@ -96,17 +99,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a network; exit status 128 + signal number when SIGINT/SIGTERM stopped it after a checkpoint."""
-    import signal
-
     from rshn_tf.training import train
 
     config = _config(args, args.config)
     model_dir = args.model_dir or str(Path("runs") / config.data.dataset / "model")
-    result = train(config, model_dir, resume=args.resume)
+    result = train(config, model_dir, resume=args.resume, restart=args.restart)
     if result.interrupted:
         print(f"stopped by {result.signal_name} at iteration {result.step} of {result.iterations}; checkpoint saved "
               f"in {result.model_dir}; continue with --resume", file=sys.stderr)
-        return 128 + int(signal.Signals[result.signal_name])
+        return exit_status(result.signal_name)
     print(f"trained {result.step} of {result.iterations} iterations; model folder {result.model_dir}")
     return 0
 
@@ -170,10 +171,8 @@ def cmd_show_sample(args: argparse.Namespace) -> int:
 
 def _interrupted(exc: Exception) -> int:
     """Exit status 128 + signal number for a run stopped by SIGINT/SIGTERM after saving its progress."""
-    import signal
-
     print(f"{exc}", file=sys.stderr)
-    return 128 + int(signal.Signals[getattr(exc, "signal_name", "SIGINT")])
+    return exit_status(getattr(exc, "signal_name", "SIGINT"))
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -285,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML or preset name, e.g. experiments/DIC-C2DH-HeLa.yaml")
     p.add_argument("--model-dir", help="model folder to write (default: runs/<dataset>/model)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --model-dir")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the run in --model-dir (config, weights, checkpoints, logs; e.g. one that failed "
+                        "with a non-finite loss) and start a new one")
     _add_data(p)
     _add_set(p)
 
@@ -402,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rshn`` console script.
 
     Returns:
-        0 on success, 2 for user errors.
+        0 on success, 2 for user errors and faults of the environment (a folder that cannot be written, a full
+        disk), 128 + the signal number when SIGINT or SIGTERM stopped the verb.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -412,11 +415,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    forget_checked()
     try:
-        return int(args.func(args) or 0)
+        with stop_on_signals():
+            return int(args.func(args) or 0)
     except RshnError as exc:
         notes = "".join(f"\n{note}" for note in getattr(exc, "__notes__", ()))
         print(f"rshn {args.verb}: error: {exc}{notes}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (Interrupted, KeyboardInterrupt) as exc:
+        stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+        print(f"rshn {args.verb}: {stop}{notes}", file=sys.stderr)
+        return stop.exit_status
+    except Exception as exc:
+        message = fault_message(exc)
+        if message is None:
+            raise
+        notes = "".join(f"\n{note}" for note in getattr(exc, "__notes__", ()))
+        print(f"rshn {args.verb}: error: {message}{notes}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

@@ -40,6 +40,7 @@ Run folder::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import hashlib
@@ -52,11 +53,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 from rshn_tf.config import Config, load_config_layers, resolve_config_path, save_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.evaluation import REPORTED
+from rshn_tf.model_folder import write_text_atomic
+from rshn_tf.os_faults import prepare_output
+from rshn_tf.output_lock import claim_output
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +260,6 @@ def format_seconds(seconds: float) -> str:
 def write_json_atomic(path: Path, content: Any) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
     write_text_atomic(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def config_digest(config: Config, sections: Sequence[str], ignore: frozenset[str] = RERUN_MAY_CHANGE) -> str:
@@ -839,6 +834,17 @@ def prepare_run_folder(experiment: Experiment) -> None:
     save_config(experiment.config, path)
 
 
+def hold_run_folder(root: Path, only: Sequence[str] = ()) -> ContextManager[Any]:
+    """Hold a run folder (experiment, Table 3) while steps run: check that it can be written, remove temporary
+    files of killed runs, and take its lock (:func:`~rshn_tf.output_lock.claim_output`), so that a second full run
+    is refused naming the first. With ``only`` (steps split over processes sharing the folder) the folder is not
+    locked; the steps' own folders are (``rshn train`` its model folder, ``rshn predict`` its result folder)."""
+    if only:
+        prepare_output(root, "run folder", inside=True)
+        return contextlib.nullcontext()
+    return claim_output(root, "run folder", inside=True)
+
+
 def _value(config: Config, dotted: str) -> Any:
     section, key = dotted.split(".", 1)
     return getattr(getattr(config, section), key)
@@ -866,8 +872,9 @@ def run_experiment(
         return RunOutcome(experiment, [], None)
     if not before:  # steps in ``before`` may create the data (the demo)
         check_dataset(config, experiment.folds)
-    prepare_run_folder(experiment)
-    ran = experiment.plan.run(only)
+    with hold_run_folder(experiment.root, only):
+        prepare_run_folder(experiment)
+        ran = experiment.plan.run(only)
     results_path = experiment.root / RESULTS_JSON
     results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else None
     return RunOutcome(experiment, ran, results)

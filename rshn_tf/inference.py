@@ -67,7 +67,7 @@ from rshn_tf.config import Config, DataConfig, resolve_predict_config, save_conf
 from rshn_tf.console import progress_bar
 from rshn_tf.errors import RshnError
 from rshn_tf.label_store import fsync_written, save_atomically
-from rshn_tf.output_lock import OutputLock
+from rshn_tf.output_lock import claim_output
 from rshn_tf.postprocess import PostProcessor, checkpoint_due, resumable
 from rshn_tf.run_folder import RunFolder, partial_path
 from rshn_tf.tiling import TileGrid, extract_tiles, tile_grid
@@ -791,7 +791,8 @@ def predict(
     Finished frames wait on disk in ``.OUT.partial`` beside the output (:class:`~rshn_tf.run_folder.RunFolder`), so
     memory does not grow with the video; every ``inference.checkpoint_every`` frame pairs the post-processing state
     is saved there, and ``resume`` continues a killed run to the result an uninterrupted run gives. One process
-    at a time may write the output (and the embeddings folder): :class:`~rshn_tf.output_lock.OutputLock`.
+    at a time may write the output (and the embeddings folder), which is checked for writability before the
+    network runs: :func:`~rshn_tf.output_lock.claim_output`.
 
     Args:
         model_dir: Model folder (``config.yaml`` + weights) written by ``rshn train``.
@@ -836,9 +837,9 @@ def predict(
                 "model": str(Path(model_dir).resolve()), "weights": weights,
                 "embeddings": None if save_embeddings is None else str(Path(save_embeddings).resolve())}
     with contextlib.ExitStack() as locks:
-        locks.enter_context(OutputLock(output_dir))
+        locks.enter_context(claim_output(output_dir, "result folder"))
         if save_embeddings is not None:
-            locks.enter_context(OutputLock(save_embeddings))
+            locks.enter_context(claim_output(save_embeddings, "embeddings folder"))
         run = RunFolder.open(output_dir, identity, config, resume)
         try:
             result = _predict_run(model_dir, input_dir, output_dir, config, files, run, weights, save_embeddings,

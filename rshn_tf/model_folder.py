@@ -30,6 +30,7 @@ import yaml
 
 from rshn_tf.config import Config, config_from_dict, load_yaml, save_config
 from rshn_tf.errors import RshnError
+from rshn_tf.output_lock import claim_output
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -190,7 +191,8 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, weigh
                  config: Optional[Config] = None, overwrite: bool = False) -> Path:
     """Write a self-contained copy of a model folder for predicting and sharing: ``config.yaml`` (without the
     training-data path), the chosen weights under their usual name and ``model_info.json``; no checkpoints, logs or
-    snapshots. The folder is written under a temporary name beside ``out_dir`` and renamed into place.
+    snapshots. The folder is written under a temporary name beside ``out_dir`` and renamed into place, holding the
+    lock of ``out_dir`` (:func:`~rshn_tf.output_lock.claim_output`).
 
     Args:
         model_dir: A model folder written by ``rshn train``.
@@ -203,47 +205,59 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, weigh
         ``out_dir``.
 
     Raises:
-        RshnError: If the weights are missing, or ``out_dir`` exists and ``overwrite`` is false.
+        RshnError: If the weights are missing, ``out_dir`` exists and ``overwrite`` is false, cannot be written or
+            another process writes it.
     """
     folder, out_dir = ModelFolder(model_dir), Path(out_dir)
     config = copy.deepcopy(config if config is not None else folder.read_config())
     source = folder.weights_path(weights)
     if not source.is_file():
         raise RshnError(f"{source}: missing ({weights} weights of model folder {folder.root})")
-    if out_dir.exists() and not overwrite:
-        raise RshnError(f"{out_dir}: already exists; choose another folder or replace it with --overwrite")
     config.data.dataset_dir = None
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        save_config(config, tmp / CONFIG_FILE)
-        shutil.copyfile(source, tmp / WEIGHTS_FILES[weights])
-        write_text_atomic(tmp / MODEL_INFO_FILE, json.dumps(model_info(folder, weights), indent=2,
-                                                            sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
+    with claim_output(out_dir, "exported model folder"):
+        if out_dir.exists() and not overwrite:
+            raise RshnError(f"{out_dir}: already exists; choose another folder or replace it with --overwrite")
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir(parents=True)
+            save_config(config, tmp / CONFIG_FILE)
+            shutil.copyfile(source, tmp / WEIGHTS_FILES[weights])
+            write_text_atomic(tmp / MODEL_INFO_FILE, json.dumps(model_info(folder, weights), indent=2,
+                                                                sort_keys=True) + "\n")
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path`` (on failure the temporary
+    file is removed and ``path`` is unchanged)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_weights_atomic(model: Any, path: str | os.PathLike) -> Path:
-    """``model.save_weights`` to a temporary ``.weights.h5`` beside ``path``, then rename it over ``path``."""
+    """``model.save_weights`` to a temporary ``.weights.h5`` beside ``path``, then rename it over ``path`` (on
+    failure the temporary file is removed and ``path`` is unchanged)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{os.getpid()}.tmp.{path.name}")
-    model.save_weights(str(tmp))
-    os.replace(tmp, path)
+    try:
+        model.save_weights(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -15,10 +15,12 @@ import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from rshn_tf.errors import RshnError
+from rshn_tf.os_faults import check_writable, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +127,25 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextmanager
+def claim_output(target: str | os.PathLike, what: str = "output", inside: bool = False,
+                 command: Optional[str] = None) -> Iterator[OutputLock]:
+    """Hold an output location for one run: check that it can be written
+    (:func:`~rshn_tf.os_faults.check_writable`), take its lock, then remove the temporary files that killed runs
+    left there (:func:`~rshn_tf.os_faults.remove_stale_temps`; with ``inside`` also at the top of the folder).
+
+    Args:
+        target: The output folder (or file).
+        what: What it is, for the messages.
+        inside: Whether the run writes files inside ``target`` (a model or run folder) rather than replacing it.
+        command: What holds the lock (default: this process's command line).
+
+    Raises:
+        RshnError: If the location cannot be written or another process holds its lock.
+    """
+    check_writable(target, what)
+    with OutputLock(target, command) as lock:
+        remove_stale_temps(target, inside=inside)
+        yield lock

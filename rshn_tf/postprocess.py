@@ -30,7 +30,7 @@ from rshn_tf.clustering import cluster_tiles
 from rshn_tf.config import Config, TrackingConfig
 from rshn_tf.errors import RshnError
 from rshn_tf.label_store import LabelStore, MemoryLabelStore
-from rshn_tf.output_lock import OutputLock
+from rshn_tf.output_lock import claim_output
 from rshn_tf.run_folder import RunFolder
 from rshn_tf.tiling import merge_tiles, tile_grid
 from rshn_tf.tracking import PairTracker, finalize_stream
@@ -293,8 +293,8 @@ def run_postprocess(
 
     The finished frames wait on disk beside the output (:class:`~rshn_tf.run_folder.RunFolder`), so memory does not
     grow with the video; a checkpoint every ``inference.checkpoint_every`` pairs lets a killed run continue with
-    ``resume`` to the same result. Only one process may write ``output_dir`` at a time
-    (:class:`~rshn_tf.output_lock.OutputLock`).
+    ``resume`` to the same result. Only one process may write ``output_dir`` at a time, and it is checked for
+    writability before the processing starts (:func:`~rshn_tf.output_lock.claim_output`).
 
     Args:
         embeddings_dir: Folder of ``pair_000.npy`` … ``pair_{T-2}.npy``, each float32 (2, h, w, D): the
@@ -324,7 +324,7 @@ def run_postprocess(
     check_result_target(output_dir)
     identity = {"command": "postprocess", "embeddings": str(Path(embeddings_dir).resolve()), "pairs": len(files),
                 "original_shape": [int(original_shape[0]), int(original_shape[1])], "digits": digits}
-    with OutputLock(output_dir):
+    with claim_output(output_dir, "result folder"):
         run = RunFolder.open(output_dir, identity, config, resume)
         processor = PostProcessor(config, original_shape, store=run.frames)
         try:

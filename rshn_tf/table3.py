@@ -35,6 +35,7 @@ from rshn_tf.experiments import (
     check_dataset,
     collect_results,
     experiment_plan,
+    hold_run_folder,
     load_experiment_config,
     prepare_run_folder,
     write_json_atomic,
@@ -270,20 +271,22 @@ def run_table3(
         return groups, None, describe_table3(groups, missing, out_dir, profile)
     for group in groups:
         check_dataset(group.experiment.config, group.experiment.folds)
-    for group in groups:
-        log.info("Table 3: %s, %s (%s)", group.dataset, group.experiment.root.name,
-                 ", ".join(row.name for row in group.rows))
-        prepare_run_folder(group.experiment)
-        plan = group.experiment.plan
-        if only and not any(fnmatch.fnmatchcase(step.name, p) for step in plan.steps for p in only):
-            continue
-        plan.run(only)
-    left = [f"{g.experiment.root}: {s.step.name}" for g in groups for s in g.experiment.plan.statuses()
-            if s.state == "todo"]
-    if left:
-        return groups, None, f"{len(left)} steps left to do (run without --only to finish):\n  " + "\n  ".join(left)
-    table = collect_table(groups, profile)
-    write_table(table, out_dir)
+    with hold_run_folder(out_dir, only):
+        for group in groups:
+            log.info("Table 3: %s, %s (%s)", group.dataset, group.experiment.root.name,
+                     ", ".join(row.name for row in group.rows))
+            prepare_run_folder(group.experiment)
+            plan = group.experiment.plan
+            if only and not any(fnmatch.fnmatchcase(step.name, p) for step in plan.steps for p in only):
+                continue
+            plan.run(only)
+        left = [f"{g.experiment.root}: {s.step.name}" for g in groups for s in g.experiment.plan.statuses()
+                if s.state == "todo"]
+        if left:
+            return groups, None, (f"{len(left)} steps left to do (run without --only to finish):\n  "
+                                  + "\n  ".join(left))
+        table = collect_table(groups, profile)
+        write_table(table, out_dir)
     return groups, table, table_markdown(table)
 
 

@@ -37,6 +37,7 @@ folder on a filesystem shared by all workers; only the chief writes it).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -56,8 +57,9 @@ from rshn_tf.config import Config, TrainingConfig
 from rshn_tf.console import progress_bar
 from rshn_tf.errors import RshnError
 from rshn_tf.losses import total_loss
-from rshn_tf.model_folder import ModelFolder, save_weights_atomic
+from rshn_tf.model_folder import WEIGHTS_FILES, ModelFolder, save_weights_atomic
 from rshn_tf.models import build_model
+from rshn_tf.output_lock import claim_output
 from rshn_tf.training_logs import CsvLog, TensorBoardLog
 
 log = logging.getLogger(__name__)
@@ -400,7 +402,19 @@ def check_resume_config(saved: Config, new: Config) -> list[str]:
     return changed
 
 
+def _failure(folder: ModelFolder) -> Optional[str]:
+    """What a rerun of a failed run (``training_state.json`` records ``failed``) reads, or None."""
+    failed = (folder.read_state() or {}).get("failed")
+    if not failed:
+        return None
+    return (f"the training run in {folder.root} failed ({failed}); start it over with 'rshn train --restart' "
+            f"(discards its config, weights, checkpoints and logs) or by deleting {folder.root}")
+
+
 def _prepare_folder(folder: ModelFolder, config: Config, resume: bool) -> None:
+    failure = _failure(folder)
+    if resume and failure:
+        raise RshnError(f"--resume: {failure}; resuming would repeat the failure")
     if resume:
         if not folder.config_path.is_file():
             raise RshnError(f"--resume: {folder.config_path} not found; {folder.root} is not a model folder of an "
@@ -412,11 +426,13 @@ def _prepare_folder(folder: ModelFolder, config: Config, resume: bool) -> None:
                 f"{name}: {getattr(getattr(saved, name.split('.')[0]), name.split('.')[1])!r} -> "
                 f"{getattr(getattr(config, name.split('.')[0]), name.split('.')[1])!r}" for name in changed)
             raise RshnError(f"--resume: the config differs from {folder.config_path} in keys that change the "
-                            f"training run ({details}); resume with that file as the config, or train into a new "
-                            "--model-dir")
+                            f"training run ({details}); resume with that file as the config, train into a new "
+                            "--model-dir, or start the run over with --restart (discards it)")
     elif folder.has_training_output():
-        raise RshnError(f"model folder {folder.root} already holds a training run; continue it with --resume or "
-                        "choose another --model-dir")
+        if failure:
+            raise RshnError(f"{failure}, or choose another --model-dir")
+        raise RshnError(f"model folder {folder.root} already holds a training run; continue it with --resume, start "
+                        "it over with --restart (discards it), or choose another --model-dir")
 
 
 def train(
@@ -424,6 +440,7 @@ def train(
     model_dir: str | os.PathLike,
     *,
     resume: bool = False,
+    restart: bool = False,
     dataset_fn: Optional[DatasetFn] = None,
     validation_fn: Optional[ValidationFn] = None,
     progress: Optional[bool] = None,
@@ -436,6 +453,8 @@ def train(
         resume: Continue the run in ``model_dir`` from its latest checkpoint (from scratch, with a warning, when it
             was stopped before its first checkpoint). The config must match the folder's ``config.yaml`` except for
             :data:`RESUME_MAY_CHANGE`.
+        restart: Discard the run in ``model_dir`` (e.g. one that failed with a non-finite loss) once the folder is
+            locked, and start a new one.
         dataset_fn: Source of training batches (default :func:`pipeline_dataset_fn`).
         validation_fn: Source of validation batches when ``training.validation_every`` > 0 (default
             :func:`pipeline_validation_fn`).
@@ -444,6 +463,9 @@ def train(
     With ``training.strategy: multi_worker``, nothing may start TensorFlow's runtime before this call (e.g. create
     tensors in ``dataset_fn`` only when it is called): TensorFlow configures the collectives at startup.
 
+    The folder is checked for writability and locked for the whole run (one writer; a second ``rshn train`` or a
+    ``--resume`` while the run lives is refused, naming it): :func:`~rshn_tf.output_lock.claim_output`.
+
     Returns:
         A :class:`TrainingResult`; ``interrupted`` is set when SIGINT/SIGTERM stopped the run after saving.
 
@@ -451,7 +473,46 @@ def train(
         RshnError: On a folder conflict, a config that cannot be resumed, a batch size the replicas cannot share,
             missing data, or a dataset that ends early.
     """
-    folder = ModelFolder(model_dir)
+    if resume and restart:
+        raise RshnError("--resume continues a run and --restart discards it; give one of them")
+    if not _writes_folder(config.training):  # a non-chief worker: the chief holds the folder
+        return _train(config, ModelFolder(model_dir), resume, dataset_fn, validation_fn, progress)
+    with claim_output(model_dir, "model folder", inside=True):
+        folder = ModelFolder(model_dir)
+        if restart and folder.has_training_output():
+            discard_run(folder)
+        return _train(config, folder, resume, dataset_fn, validation_fn, progress)
+
+
+def _writes_folder(training: TrainingConfig) -> bool:
+    """Whether this process writes the model folder, decided before TensorFlow starts (the rule of
+    :func:`is_chief`, read from ``$TF_CONFIG``)."""
+    if training.strategy != "multi_worker":
+        return True
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        return True
+    cluster, task = tf_config.get("cluster") or {}, tf_config.get("task") or {}
+    if not cluster:
+        return True
+    if "chief" in cluster:
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def discard_run(folder: ModelFolder) -> None:
+    """Remove what ``rshn train`` wrote into ``folder`` (other files are kept), for ``--restart``."""
+    log.warning("--restart: discarding the training run in %s", folder.root)
+    for path in (folder.config_path, folder.state_path, *(folder.weights_path(w) for w in WEIGHTS_FILES)):
+        path.unlink(missing_ok=True)
+    for path in (folder.checkpoint_dir, folder.log_dir, folder.snapshot_dir, *folder.root.glob(".worker_*")):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _train(config: Config, folder: ModelFolder, resume: bool, dataset_fn: Optional[DatasetFn],
+           validation_fn: Optional[ValidationFn], progress: Optional[bool]) -> TrainingResult:
+    """The work of :func:`train` once the folder is held."""
     training = config.training
     _prepare_folder(folder, config, resume)
     # the data first: a wrong path fails before anything is written (and before TensorFlow starts, which
@@ -484,10 +545,16 @@ def train(
                  validation_fn, progress)
     try:
         result = loop.run()
+    except BaseException:
+        try:
+            loop.close()
+        except OSError:  # the logs of the failed run cannot be written either; report the first error
+            pass
+        raise
     finally:
-        loop.close()
         if not chief:
             shutil.rmtree(writer_folder.root, ignore_errors=True)
+    loop.close()
     return TrainingResult(model_dir=folder.root, **result)
 
 
@@ -611,8 +678,10 @@ class _Loop:
                 waited: float) -> None:
         """Book one finished iteration: state variables, CSV row, TensorBoard interval sums."""
         if not math.isfinite(terms["total"]):
-            raise RshnError(f"the loss became {terms['total']} at step {step}; lower training.learning_rate or "
-                            "check the training data")
+            failure = f"the loss became {terms['total']} at step {step}"
+            self._write_state(int(self.state.step.numpy()), finished=False, interrupted=False, failed=failure)
+            raise RshnError(f"{failure}; lower training.learning_rate or check the training data, then start the "
+                            "run over with --restart (resuming would repeat the failure)")
         self.state.step.assign(step)
         self.state.next_sample.assign(step * self.training.batch_size)
         self.state.window_sum.assign_add(data_loss(terms))
@@ -705,7 +774,7 @@ class _Loop:
         self._checkpoint(step)
         self._write_state(step, finished=step >= self.training.iterations, interrupted=False)
 
-    def _write_state(self, step: int, finished: bool, interrupted: bool) -> None:
+    def _write_state(self, step: int, finished: bool, interrupted: bool, failed: Optional[str] = None) -> None:
         if not self.chief:
             return
         best_step = int(self.state.best_step.numpy())
@@ -719,6 +788,7 @@ class _Loop:
             "best_loss": best_loss if math.isfinite(best_loss) else None,
             "best_criterion": "validation_loss" if self.training.validation_every > 0 else "mean_training_loss",
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **({"failed": failed} if failed else {}),
         })
 
     def _result(self, step: int, signal_name: Optional[str]) -> dict[str, Any]:

@@ -28,8 +28,12 @@ from rshn_tf.model_folder import write_text_atomic
 class CsvLog:
     """An append-only CSV file with one row per step (first column ``step``).
 
+    Rows are kept in memory and appended at :meth:`flush` (at every checkpoint): the file is created complete
+    with its header (written atomically), and a failed append (a full disk) is cut back to the rows before it, so
+    the file is never empty or half-written.
+
     Args:
-        path: The file; created with a header row at the first :meth:`write`.
+        path: The file; created with a header row at the first :meth:`flush` after a :meth:`write`.
         restored_step: The step a run resumes from: rows of later steps (written after the last checkpoint of a
             killed run) are removed so that the file continues without duplicates.
     """
@@ -37,7 +41,7 @@ class CsvLog:
     def __init__(self, path: Path, restored_step: int) -> None:
         self.path = path
         self.fields: Optional[list[str]] = None
-        self._handle: Optional[Any] = None
+        self._pending: list[list[str]] = []
         if path.is_file():
             with open(path, newline="", encoding="utf-8") as handle:
                 rows = [row for row in csv.reader(handle) if row]
@@ -50,31 +54,51 @@ class CsvLog:
                     write_text_atomic(path, buffer.getvalue())
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append one row (same keys every time; floats written with full precision).
+        """Add one row (same keys every time; floats written with full precision); it reaches the file at the next
+        :meth:`flush`.
 
         Raises:
             RshnError: If the keys differ from the file's columns.
         """
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a", newline="", encoding="utf-8")
         if self.fields is None:
             self.fields = list(row)
-            csv.writer(self._handle).writerow(self.fields)
+            self._pending.append(self.fields)
         if set(row) != set(self.fields):
             raise RshnError(f"{self.path}: columns {sorted(row)} do not match the existing {self.fields}")
-        csv.writer(self._handle).writerow([_format(row[key]) for key in self.fields])
+        self._pending.append([_format(row[key]) for key in self.fields])
 
     def flush(self) -> None:
-        """Flush written rows to disk."""
-        if self._handle is not None:
-            self._handle.flush()
+        """Append the rows written since the last call to the file and flush it to the disk.
+
+        Raises:
+            OSError: If the file cannot be written (it then holds the rows of the calls before).
+        """
+        if not self._pending:
+            return
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(self._pending)
+        if not self.path.is_file():
+            write_text_atomic(self.path, buffer.getvalue())
+            self._pending = []
+            return
+        data = buffer.getvalue().encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+        self._pending = []
 
     def close(self) -> None:
-        """Close the file (a later :meth:`write` reopens it)."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        """Write the remaining rows (:meth:`flush`)."""
+        self.flush()
 
 
 def _format(value: Any) -> str:

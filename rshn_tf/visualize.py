@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from data_io.ctc import load_frames, load_result
 from rshn_tf.errors import RshnError
+from rshn_tf.os_faults import prepare_output
 
 #: Display percentiles of the raw intensities mapped to black and white (display only, not a method parameter).
 DISPLAY_PERCENTILES = (1.0, 99.0)
@@ -122,6 +123,7 @@ def render_overlay(
     suffix = out_path.suffix.lower()
     if suffix not in (".gif", ".png"):
         raise RshnError(f"{out_path}: the overlay is written as .gif or .png")
+    prepare_output(out_path, "overlay")
     result = load_result(res_dir)
     raws = load_frames(frames_dir).frames
     if len(result.labels) != len(raws):
@@ -137,7 +139,7 @@ def render_overlay(
     if not images:
         raise RshnError(f"{out_path}: no frames selected")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{suffix}")
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp{suffix}")
     try:
         images[0].save(tmp, save_all=True, append_images=images[1:], duration=FRAME_DURATION_MS, loop=0,
                        format="GIF" if suffix == ".gif" else "PNG")
