@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import yaml
 
+from ctc_submission.writer import swap_in
 from rshn_tf.config import Config, config_from_dict, load_yaml, save_config
 from rshn_tf.errors import RshnError
 from rshn_tf.output_lock import claim_output
@@ -214,9 +215,9 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, weigh
     if not source.is_file():
         raise RshnError(f"{source}: missing ({weights} weights of model folder {folder.root})")
     config.data.dataset_dir = None
+    _refuse_existing(out_dir, overwrite)  # before the lock file and the write probe touch the parent folder
     with claim_output(out_dir, "exported model folder"):
-        if out_dir.exists() and not overwrite:
-            raise RshnError(f"{out_dir}: already exists; choose another folder or replace it with --overwrite")
+        _refuse_existing(out_dir, overwrite)  # another process may have written it meanwhile
         tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -225,12 +226,15 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, weigh
             shutil.copyfile(source, tmp / WEIGHTS_FILES[weights])
             write_text_atomic(tmp / MODEL_INFO_FILE, json.dumps(model_info(folder, weights), indent=2,
                                                                 sort_keys=True) + "\n")
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
+            swap_in(tmp, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not overwrite:
+        raise RshnError(f"{out_dir}: already exists; choose another folder or replace it with --overwrite")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
