@@ -59,8 +59,7 @@ from rshn_tf.config import Config, load_config_layers, resolve_config_path, save
 from rshn_tf.errors import RshnError
 from rshn_tf.evaluation import REPORTED
 from rshn_tf.model_folder import write_text_atomic
-from rshn_tf.os_faults import prepare_output
-from rshn_tf.output_lock import claim_output
+from rshn_tf.output_lock import OutputLock, claim_output
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +194,7 @@ class Plan:
         """Execute the steps that are not done, in order, writing each marker after success.
 
         Args:
-            only: Shell-style patterns (``train[fold2]``, ``*fold1*``); when given, only matching steps run (e.g. the
+            only: Step names (``train[fold2]``) or shell-style patterns (``*fold1*``); when given, only matching steps run (e.g. the
                 two folds' trainings in two processes or on two machines sharing the run folder) and each needs
                 the steps it depends on to be done.
 
@@ -208,7 +207,7 @@ class Plan:
                 selected step depends on one that is not done.
         """
         selected = {step.name for step in self.steps if not only or any(
-            fnmatch.fnmatchcase(step.name, pattern) for pattern in only)}
+            step.name == pattern or fnmatch.fnmatchcase(step.name, pattern) for pattern in only)}
         if not selected:
             raise RshnError(f"--only {' '.join(only)}: no step matches; steps: "
                             f"{', '.join(step.name for step in self.steps)}")
@@ -216,25 +215,37 @@ class Plan:
         for step in self.steps:
             if step.name not in selected:
                 continue
-            if self.is_done(step) and not any(dep in ran for dep in step.deps):
-                self._log(f"skip {step.name} (done)")
-                continue
-            if only:
-                missing = [dep for dep in step.deps if dep not in ran and not self.is_done(self._step(dep))]
-                if missing:
-                    raise RshnError(f"{step.name} needs {', '.join(missing)} first (not done in {self.root})")
-            self._log(f"run  {step.name}: {step.description}")
-            self.marker_path(step).unlink(missing_ok=True)
-            start = time.perf_counter()
-            info = step.action() or {}
-            seconds = time.perf_counter() - start
-            write_json_atomic(self.marker_path(step), {
-                "step": step.name, "key": step.key, "seconds": round(seconds, 3),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "info": info,
-            })
-            self._log(f"done {step.name} in {format_seconds(seconds)}")
+            with self._step_lock(step) if only else contextlib.nullcontext():
+                if self.is_done(step) and not any(dep in ran for dep in step.deps):
+                    self._log(f"skip {step.name} (done)")
+                    continue
+                if only:
+                    missing = [dep for dep in step.deps if dep not in ran and not self.is_done(self._step(dep))]
+                    if missing:
+                        raise RshnError(f"{step.name} needs {', '.join(missing)} first (not done in {self.root})")
+                self._run_step(step)
             ran.append(step.name)
         return ran
+
+    def _step_lock(self, step: Step) -> OutputLock:
+        """The lock of one step (beside its marker), taken while ``--only`` runs it; refused naming the holder."""
+        lock = OutputLock(self.marker_path(step))
+        try:
+            return lock.acquire()
+        except RshnError as exc:
+            raise RshnError(f"step {step.name} is already running: {exc}") from None
+
+    def _run_step(self, step: Step) -> None:
+        self._log(f"run  {step.name}: {step.description}")
+        self.marker_path(step).unlink(missing_ok=True)
+        start = time.perf_counter()
+        info = step.action() or {}
+        seconds = time.perf_counter() - start
+        write_json_atomic(self.marker_path(step), {
+            "step": step.name, "key": step.key, "seconds": round(seconds, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "info": info,
+        })
+        self._log(f"done {step.name} in {format_seconds(seconds)}")
 
     def _step(self, name: str) -> Step:
         return next(step for step in self.steps if step.name == name)
@@ -837,12 +848,10 @@ def prepare_run_folder(experiment: Experiment) -> None:
 def hold_run_folder(root: Path, only: Sequence[str] = ()) -> ContextManager[Any]:
     """Hold a run folder (experiment, Table 3) while steps run: check that it can be written, remove temporary
     files of killed runs, and take its lock (:func:`~rshn_tf.output_lock.claim_output`), so that a second full run
-    is refused naming the first. With ``only`` (steps split over processes sharing the folder) the folder is not
-    locked; the steps' own folders are (``rshn train`` its model folder, ``rshn predict`` its result folder)."""
-    if only:
-        prepare_output(root, "run folder", inside=True)
-        return contextlib.nullcontext()
-    return claim_output(root, "run folder", inside=True)
+    is refused naming the first. With ``only`` (steps split over processes sharing the folder) the lock is shared:
+    other ``--only`` runs are admitted, a full run is refused (and refuses them); each step then takes a lock of
+    its own (:meth:`Plan.run`), so that no step runs twice at once."""
+    return claim_output(root, "run folder", inside=True, shared=bool(only))
 
 
 def _value(config: Config, dotted: str) -> Any:

@@ -8,7 +8,10 @@ import copy
 import csv
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,10 +25,12 @@ from rshn_tf.experiments import (
     changed_keys,
     experiment_plan,
     fold_config,
+    hold_run_folder,
     load_experiment_config,
     make_folds,
     marker_name,
 )
+from rshn_tf.output_lock import OutputLock, lock_path
 from rshn_tf.table3 import DATASETS, PAPER_TABLE3, ROWS, plan_table3, select_rows, table_csv, table_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,6 +184,40 @@ def test_plan_skips_done_steps_and_reruns_what_depends_on_a_rerun_step(tmp_path)
     assert not (tmp_path / "steps" / "d.json").exists()
     with pytest.raises(ValueError, match="do not come before it"):
         Plan(tmp_path, [Step("x", "", make("x"), deps=("y",)), Step("y", "", make("y"))])
+
+
+def test_holding_a_run_folder_removes_the_temporaries_of_dead_runs_in_its_fold_folders(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [tmp_path / "fold1" / f".02_RES.tmp-{dead.pid}-0123abcd", tmp_path / "fold1" / f".scores.json.{dead.pid}.tmp",
+             tmp_path / "fold2" / "model" / "snapshots" / f".{dead.pid}.tmp.step_2000.weights.h5"]
+    live = tmp_path / "fold2" / f".01_RES.tmp-{os.getpid()}-0123abcd"
+    for path in [*stale, live]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    with hold_run_folder(tmp_path):
+        assert not any(path.exists() for path in stale) and live.exists()
+
+
+def test_only_runs_share_the_run_folder_but_never_run_one_step_twice(tmp_path):
+    calls: list[str] = []
+    plan = Plan(tmp_path, [Step("train[fold1]", "", lambda: calls.append("1")),
+                           Step("train[fold2]", "", lambda: calls.append("2"))])
+    with hold_run_folder(tmp_path, only=["train[fold1]"]):
+        with hold_run_folder(tmp_path, only=["train[fold2]"]):  # a second --only run is admitted
+            with pytest.raises(RshnError, match="is writing this output"):
+                with hold_run_folder(tmp_path):  # a full run is not
+                    pass
+            with OutputLock(plan.marker_path(plan.steps[0])):  # another process runs train[fold1]
+                with pytest.raises(RshnError, match=r"step train\[fold1\] is already running"):
+                    plan.run(only=["train[fold1]"])
+                assert plan.run(only=["train[fold2]"]) == ["train[fold2]"]
+            assert plan.run(only=["train*"]) == ["train[fold1]"] and calls == ["2", "1"]
+    assert not lock_path(tmp_path).exists() and not list((tmp_path / "steps").glob(".*.lock"))
+    with hold_run_folder(tmp_path):
+        with pytest.raises(RshnError, match="is writing this output"):
+            with hold_run_folder(tmp_path, only=["train[fold1]"]):  # --only is refused during a full run
+                pass
 
 
 # ---------------------------------------------------------------------------------------------------------------

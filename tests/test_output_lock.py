@@ -65,3 +65,20 @@ def test_release_lets_the_next_writer_in_and_removes_the_file(tmp_path):
     with OutputLock(tmp_path / "RES"):
         pass
     assert os.listdir(tmp_path) == []
+
+
+def test_shared_holders_coexist_exclude_an_exclusive_one_and_the_last_removes_the_file(tmp_path):
+    first = OutputLock(tmp_path / "RUN", command="first", shared=True).acquire()
+    second = OutputLock(tmp_path / "RUN", command="second", shared=True).acquire()
+    with pytest.raises(RshnError, match=r"\(first\) since .* is writing this output"):
+        OutputLock(tmp_path / "RUN").acquire()
+    first.release()
+    assert first.path.exists()  # the second still holds it
+    with pytest.raises(RshnError, match="is writing this output"):
+        OutputLock(tmp_path / "RUN").acquire()
+    second.release()
+    assert not second.path.exists()
+    with OutputLock(tmp_path / "RUN", command="full"):
+        with pytest.raises(RshnError, match=r"\(full\) since .* is writing this output"):
+            OutputLock(tmp_path / "RUN", shared=True).acquire()
+    assert os.listdir(tmp_path) == []
