@@ -43,9 +43,12 @@ def fresh_folder(target: Path, kind: str) -> Path:
         folder = target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             folder.mkdir()
-            return folder
         except FileExistsError:
             continue
+        except BaseException:  # a stop signal handled just after the folder was made: the caller never gets it
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder
 
 
 def swap_in(tmp: Path, target: Path) -> None:

@@ -4,7 +4,9 @@ killed runs, one translation of OS errors into a user-facing message (issue 18).
 * :func:`check_writable`: every writing verb calls it on each output location before any computation, so a
   read-only folder, a full disk or a read-only file system ends the run at once with a clear message.
 * :func:`remove_stale_temps`: hidden temporary files and folders (``.NAME.tmp-PID-*``, ``.NAME.old-PID-*``,
-  ``.NAME.PID.tmp``, ``.PID.tmp.NAME``) of processes that no longer run, removed at the next run into that place.
+  ``.NAME.PID.tmp``, ``.PID.tmp.NAME``) of processes that no longer run, removed at the next run into that place
+  (inside model and run folders at every depth); :func:`remove_checkpoint_temps` does the same for TensorFlow's
+  unfinished checkpoint saves.
 * :func:`fault_message`: the message of an ``OSError`` (or a TensorFlow / h5py error wrapping one) that a user's
   environment caused: permission denied, read-only file system, no space left, quota exceeded.
 
@@ -131,36 +133,70 @@ def _temp_pid(name: str) -> Optional[int]:
 def remove_stale_temps(target: str | os.PathLike, inside: bool = False) -> list[Path]:
     """Remove the hidden temporary files and folders of ``target`` left by processes that no longer run.
 
-    Looks beside ``target`` for names starting with ``.NAME.`` and, with ``inside``, at the top level of the
-    folder ``target`` itself (a model or run folder writing its files atomically). Names without a process id,
-    unfinished runs kept for ``--resume`` (``.NAME.partial``) and temporaries of running processes are left alone.
+    Looks beside ``target`` for names starting with ``.NAME.`` and, with ``inside``, everywhere in the folder
+    ``target`` itself and its subfolders (a model or run folder writing its files atomically: weights, snapshots,
+    the fold folders of an experiment). Names without a process id, unfinished runs kept for ``--resume``
+    (``.NAME.partial``) and temporaries of running processes are left alone.
 
     Returns:
         The removed paths.
     """
     target = Path(target)
-    places = [(target.parent, f".{target.name}.")]
+    try:
+        beside = os.listdir(target.parent)
+    except (FileNotFoundError, NotADirectoryError):
+        beside = []
+    removed = _remove_dead(target.parent, [name for name in beside if name.startswith(f".{target.name}.")])
     if inside and target.is_dir():
-        places.append((target, "."))
-    removed = []
-    for folder, prefix in places:
-        try:
-            names = os.listdir(folder)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
-            pid = _temp_pid(name) if name.startswith(prefix) else None
-            if pid is None or _pid_alive(pid):
-                continue
-            path = folder / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed.append(path)
+        for folder, subfolders, files in os.walk(target):
+            gone = _remove_dead(Path(folder), [name for name in (*subfolders, *files) if name.startswith(".")])
+            removed += gone
+            subfolders[:] = [name for name in subfolders if Path(folder) / name not in gone]
     if removed:
         log.info("removed %d temporary file(s) of runs that no longer run: %s", len(removed),
                  ", ".join(str(p) for p in removed))
+    return removed
+
+
+def _remove_dead(folder: Path, names: list[str]) -> list[Path]:
+    """Remove the temporaries of processes that no longer run among ``names`` in ``folder``."""
+    removed = []
+    for name in names:
+        pid = _temp_pid(name)
+        if pid is None or _pid_alive(pid):
+            continue
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def remove_checkpoint_temps(checkpoint_dir: str | os.PathLike) -> list[Path]:
+    """Remove what an interrupted TensorFlow checkpoint save leaves in ``checkpoint_dir``: the folder
+    ``PREFIX_temp/`` its sharded save writes first (left behind when the disk fills up or the process is killed)
+    and the state file's temporary twin ``checkpoint.tmpHEX``. These names carry no process id: call this only
+    while holding the lock of the folder they are in.
+
+    Returns:
+        The removed paths.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    removed = []
+    for path in checkpoint_dir.iterdir():
+        if path.is_dir() and path.name.endswith("_temp"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and re.fullmatch(r"checkpoint\.tmp[0-9a-f]+", path.name):
+            path.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(path)
+    if removed:
+        log.info("removed %d unfinished checkpoint file(s): %s", len(removed), ", ".join(str(p) for p in removed))
     return removed
 
 

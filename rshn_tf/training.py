@@ -59,6 +59,7 @@ from rshn_tf.errors import RshnError
 from rshn_tf.losses import total_loss
 from rshn_tf.model_folder import WEIGHTS_FILES, ModelFolder, save_weights_atomic
 from rshn_tf.models import build_model
+from rshn_tf.os_faults import remove_checkpoint_temps
 from rshn_tf.output_lock import claim_output
 from rshn_tf.training_logs import CsvLog, TensorBoardLog
 
@@ -481,7 +482,12 @@ def train(
         folder = ModelFolder(model_dir)
         if restart and folder.has_training_output():
             discard_run(folder)
-        return _train(config, folder, resume, dataset_fn, validation_fn, progress)
+        remove_checkpoint_temps(folder.checkpoint_dir)  # of a killed run
+        try:
+            return _train(config, folder, resume, dataset_fn, validation_fn, progress)
+        except BaseException:
+            remove_checkpoint_temps(folder.checkpoint_dir)  # of a save that failed (e.g. the disk is full)
+            raise
 
 
 def _writes_folder(training: TrainingConfig) -> bool:

@@ -3,8 +3,9 @@ clear error (exit status 2, or 128 + the signal number), no traceback and nothin
 
 Most cases call ``rshn_tf.cli.main`` in this process; lock holders and signalled runs are subprocesses. A read-only
 folder is ``chmod 0o555``, except for root, whom the kernel lets write anyway: then ``os.open`` and ``os.mkdir``
-refuse paths in that folder with EACCES, as the kernel does for other users. A full disk is an ``OSError(ENOSPC)``
-raised by the write that would fill it.
+refuse paths in that folder with EACCES, as the kernel does for other users. :func:`test_a_chmod_read_only_folder`
+checks the real kernel refusal too (as root: in a process without the capability to override permissions). A full
+disk is an ``OSError(ENOSPC)`` raised by the write that would fill it.
 """
 
 from __future__ import annotations
@@ -366,6 +367,37 @@ def test_fault_catalogue(name, world, read_only, hold, monkeypatch, capsys):
     assert after == [entry for entry in before if not entry[0].endswith(".lock")], "something was written or left"
 
 
+def _without_permission_override() -> list[str]:
+    """Command prefix under which the kernel applies file permissions to this user: nothing for a normal user; for
+    root, ``setpriv`` dropping the capabilities that let root write anywhere (root stays the owner of the files)."""
+    if not IS_ROOT:
+        return []
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
+
+
+@pytest.mark.parametrize("verb, args_of", [("synth", lambda w, out: ["synth", str(out), "--frames", "3"]),
+                                           ("postprocess", _postprocess), ("train", _train)])
+def test_a_chmod_read_only_folder_is_refused_by_the_kernel_and_reported(world, verb, args_of):
+    prefix = _without_permission_override()
+    if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("root, and setpriv cannot drop the permission-override capabilities here")
+    folder = world["tmp"] / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-m", "rshn_tf.cli", *args_of(world, folder / "out")],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"rshn {verb}: error: ") and "is not writable (Permission denied)" in lines[0]
+    assert os.listdir(folder) == []
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Litter of killed runs
 
@@ -391,7 +423,9 @@ def test_stale_temporaries_inside_a_model_folder_are_removed_when_it_is_locked(t
 
     model = fake_model(tmp_path / "model")
     dead = dead_pid()
-    stale = [model / f".{dead}.tmp.weights.last.weights.h5", model / f".training_state.json.{dead}.tmp"]
+    (model / "snapshots").mkdir()
+    stale = [model / f".{dead}.tmp.weights.last.weights.h5", model / f".training_state.json.{dead}.tmp",
+             model / "snapshots" / f".{dead}.tmp.step_2000.weights.h5"]
     for path in stale:
         path.write_bytes(b"half")
     mine = model / f".{os.getpid()}.tmp.weights.best.weights.h5"
@@ -516,6 +550,32 @@ def test_a_full_disk_in_training_leaves_no_partial_weights_and_a_whole_loss_log(
     lines = (model / "logs" / "losses.csv").read_text().splitlines()
     assert lines[0].startswith("step,") and [line.split(",")[0] for line in lines[1:]] == ["1"]
     assert len({len(line.split(",")) for line in lines}) == 1
+
+
+def test_a_checkpoint_save_that_fills_the_disk_leaves_no_unfinished_checkpoint(world, monkeypatch, capsys):
+    import tensorflow as tf
+
+    model = world["tmp"] / "model"
+
+    def full_disk_save(self, *args, **kwargs):
+        # what TensorFlow 2.21 leaves when SaveV2 hits a full disk (measured on a 200 kB tmpfs): the sharded save's
+        # PREFIX_temp folder with a part file, and the error naming that file
+        part = Path(self.directory) / "ckpt-1_temp" / "part-00000-of-00001.data-00000-of-00001.tempstate123"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"half a checkpoint")
+        raise tf.errors.ResourceExhaustedError(None, None, f"{part}; No space left on device")
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk_save)
+    status = main(_train(world, model))
+    assert_one_clear_error(capsys, "train", status, 2, "No space left on device", "disk is full")
+    assert not list((model / "checkpoints").iterdir())
+    monkeypatch.undo()
+    litter = model / "checkpoints" / "ckpt-7_temp"  # a killed save's (SIGKILL: no clean-up at exit)
+    litter.mkdir()
+    (model / "checkpoints" / "checkpoint.tmp0123abcd").write_text("model_checkpoint_path")
+    assert main(_train(world, model) + ["--resume"]) == 0
+    assert sorted(p.name for p in (model / "checkpoints").iterdir() if "temp" in p.name or "tmp" in p.name) == []
+    assert ModelFolder(model).read_state()["finished"]
 
 
 def test_a_failed_append_leaves_the_loss_log_as_it_was(tmp_path, monkeypatch):
