@@ -121,7 +121,8 @@ def rows_for(dataset: str) -> list[Row]:
     if dataset == "DIC-C2DH-HeLa":
         augmentation += ["augmentation.translation_fraction=0.35", "data.label_blur_sigma=2.0"]
     return [
-        Row("preset", "current preset (paper text)"),
+        Row("preset", "the preset in paper text (windows anchored on complete SEG frames)",
+            ("data.seg_sample_frames=complete",)),
         Row("neighbours", "+ code neighbourhood recipe and radii",
             ("loss.neighbour_mode=code", f"loss.neighbour_radius={CODE_RADIUS[dataset]}")),
         Row("any_seg", "+ windows anchored on any SEG frame", ("data.seg_sample_frames=any",)),
