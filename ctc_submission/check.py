@@ -21,12 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ctc_submission.packager import SEQUENCES, SW_DIR, packaged_datasets
-from ctc_submission.sw_files import ENV_SCRIPT, MODELS_DIR, README_FILE, REQUIREMENTS_FILE, SRC_DIR, launcher_name
+from ctc_submission.sw_files import (
+    ENV_SCRIPT,
+    MODELS_DIR,
+    README_FILE,
+    REQUIREMENTS_FILE,
+    SEQUENCES,
+    SRC_DIR,
+    SW_DIR,
+    launcher_name,
+)
+from data_io.ctc import MASK_PATTERN, RAW_PATTERN, count_frames, numbered_files
 from rshn_tf.errors import RshnError
 
-_FRAME = re.compile(r"t(\d+)\.tif")
-_MASK = re.compile(r"mask(\d+)\.tif")
 _MAX_LISTED = 5
 
 
@@ -71,9 +78,15 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def count_frames(seq_dir: str | os.PathLike) -> int:
-    """Number of input frames ``tNNN.tif`` in a sequence folder (0 if it does not exist)."""
-    return len(_numbered(Path(seq_dir), _FRAME))
+def packaged_datasets(sw_dir: str | os.PathLike) -> list[str]:
+    """Datasets packaged in a ``SW/`` folder: the names of ``models/<DATASET>/`` and of the launchers, sorted."""
+    sw_dir = Path(sw_dir)
+    names = {p.name for p in (sw_dir / MODELS_DIR).glob("*") if p.is_dir()}
+    for script in sw_dir.glob("*.sh"):
+        match = re.fullmatch(r"(.+)-(\d\d)\.sh", script.name)
+        if match and match.group(2) in SEQUENCES:
+            names.add(match.group(1))
+    return sorted(names)
 
 
 def check_submission(
@@ -176,7 +189,7 @@ def _check_result(report: CheckReport, res: Path, inputs: Optional[Path], datase
 def _check_frame_numbers(report: CheckReport, res: Path, inputs: Path, dataset: str) -> None:
     """One ``maskNNN.tif`` per input frame ``tNNN.tif``, with the same numbers."""
     name = res.name
-    frames, masks = _numbered(inputs, _FRAME), _numbered(res, _MASK)
+    frames, masks = numbered_files(inputs, RAW_PATTERN), numbered_files(res, MASK_PATTERN)
     expected = {f"mask{number}.tif" for number in frames}
     found = {f"mask{number}.tif" for number in masks}
     missing, extra = sorted(expected - found), sorted(found - expected)
@@ -189,13 +202,6 @@ def _check_frame_numbers(report: CheckReport, res: Path, inputs: Path, dataset: 
         report.add(False, dataset, text)
     else:
         report.add(True, dataset, f"{name}: one mask per input frame ({len(frames)})")
-
-
-def _numbered(folder: Path, pattern: re.Pattern) -> list[str]:
-    """The number strings (with their digits) of the files in ``folder`` matching ``pattern``."""
-    if not folder.is_dir():
-        return []
-    return sorted(m.group(1) for m in (pattern.fullmatch(p.name) for p in folder.iterdir()) if m)
 
 
 def _listed(names: list[str]) -> str:

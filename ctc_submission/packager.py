@@ -47,18 +47,22 @@ from typing import Optional, Sequence
 
 import rshn_tf
 from ctc_submission import sw_files
+from ctc_submission.check import check_submission, packaged_datasets
 from ctc_submission.sw_files import (
     ENV_SCRIPT,
     MODELS_DIR,
     README_FILE,
     REQUIREMENTS_FILE,
+    SEQUENCES,
     SRC_DIR,
+    SW_DIR,
     VENV_DIR,
     VENV_LOCK,
     WHEELS_DIR,
     launcher_name,
 )
 from ctc_submission.writer import fresh_folder, swap_in
+from data_io.ctc import count_frames
 from rshn_tf.config import Config, apply_overrides, preset_dir, save_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.model_folder import MODEL_INFO_FILE, WEIGHTS_FILES, ModelFolder, model_info, write_text_atomic
@@ -66,10 +70,6 @@ from rshn_tf.output_lock import claim_output
 
 log = logging.getLogger(__name__)
 
-#: The two challenge (test) sequences of every CTC dataset; one launcher each.
-SEQUENCES = ("01", "02")
-#: The software folder of a submission.
-SW_DIR = "SW"
 #: The project's packages bundled in ``SW/src`` (``rshn_tf.presets`` is added from :func:`preset_dir`).
 BUNDLED_PACKAGES = ("rshn_tf", "data_io", "ctc_submission")
 #: Distribution name of the project.
@@ -203,17 +203,6 @@ def package_submission(
         if data_dir is not None:
             result.results, result.seconds_per_frame = _run_and_check(out_dir, dataset, data_dir)
         return result
-
-
-def packaged_datasets(sw_dir: str | os.PathLike) -> list[str]:
-    """Datasets packaged in a ``SW/`` folder: the names of ``models/<DATASET>/`` and of the launchers, sorted."""
-    sw_dir = Path(sw_dir)
-    names = {p.name for p in (sw_dir / MODELS_DIR).glob("*") if p.is_dir()}
-    for script in sw_dir.glob("*.sh"):
-        match = re.fullmatch(r"(.+)-(\d\d)\.sh", script.name)
-        if match and match.group(2) in SEQUENCES:
-            names.add(match.group(1))
-    return sorted(names)
 
 
 def run_launchers(submission_dir: str | os.PathLike, dataset: str) -> dict[str, float]:
@@ -408,7 +397,6 @@ def _download_wheels(sw: Path) -> None:
 
 def _dataset_input_dir(data: Path, dataset: str) -> Path:
     """The folder holding the dataset's sequences ``01`` and ``02``: ``data`` itself or ``data/<dataset>``."""
-    from ctc_submission.check import count_frames
 
     for candidate in (data, data / dataset):
         if all((candidate / s).is_dir() for s in SEQUENCES):
@@ -425,7 +413,6 @@ def _dataset_input_dir(data: Path, dataset: str) -> Path:
 
 def _run_and_check(out_dir: Path, dataset: str, data_dir: Path) -> tuple[list[Path], dict[str, float]]:
     """Link the inputs into the challenge layout, run the launchers, clean up, record the timing, check."""
-    from ctc_submission.check import check_submission, count_frames
 
     sw_dir = out_dir / SW_DIR
     links = _link_inputs(out_dir, dataset, data_dir)

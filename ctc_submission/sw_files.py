@@ -12,6 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+#: The two challenge (test) sequences of every CTC dataset; one launcher each.
+SEQUENCES = ("01", "02")
+#: The software folder of a submission.
+SW_DIR = "SW"
 #: Shared helper sourced by every launcher (and runnable as ``bash rshn_sw.sh setup``).
 ENV_SCRIPT = "rshn_sw.sh"
 #: Virtual environment the launchers create beside the scripts on the first run.

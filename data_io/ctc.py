@@ -37,10 +37,11 @@ TRACK_COLUMNS = ("L", "B", "E", "P")
 FRAME_DIGITS = (3, 4)
 """Digit counts CTC uses in frame file names (4 only for videos with more than 1000 frames)."""
 
-_RAW_PATTERN = re.compile(r"t(\d+)\.tif")
-_TRA_PATTERN = re.compile(r"man_track(\d+)\.tif")
-_SEG_PATTERN = re.compile(r"man_seg(\d+)\.tif")
-_MASK_PATTERN = re.compile(r"mask(\d+)\.tif")
+#: File names of the CTC layout: raw frames, TRA and SEG ground truth, result masks (group 1: the frame number).
+RAW_PATTERN = re.compile(r"t(\d+)\.tif")
+TRA_PATTERN = re.compile(r"man_track(\d+)\.tif")
+SEG_PATTERN = re.compile(r"man_seg(\d+)\.tif")
+MASK_PATTERN = re.compile(r"mask(\d+)\.tif")
 _SEQ_PATTERN = re.compile(r"\d{2}")
 _MAX_LISTED = 10
 
@@ -393,8 +394,23 @@ def load_frames(seq_dir: str | os.PathLike) -> LoadedFrames:
     seq_dir = Path(seq_dir)
     if not seq_dir.is_dir():
         raise RshnError(f"{seq_dir}: sequence folder not found")
-    paths, digits = _index_video(seq_dir, _RAW_PATTERN, "t", "raw frame")
+    paths, digits = _index_video(seq_dir, RAW_PATTERN, "t", "raw frame")
     return LoadedFrames(_read_raw_stack(paths), paths, digits)
+
+
+def numbered_files(folder: str | os.PathLike, pattern: re.Pattern) -> list[str]:
+    """The frame numbers (as written, with their digits) of the files in ``folder`` whose names match ``pattern``
+    (e.g. :data:`RAW_PATTERN`), sorted; empty when the folder does not exist. Unlike :func:`list_frames` nothing is
+    checked: this is for reports that list what is there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(m.group(1) for m in (pattern.fullmatch(p.name) for p in folder.iterdir()) if m)
+
+
+def count_frames(seq_dir: str | os.PathLike) -> int:
+    """Number of raw frames ``tNNN.tif`` in a sequence folder (0 if it does not exist)."""
+    return len(numbered_files(seq_dir, RAW_PATTERN))
 
 
 def list_frames(seq_dir: str | os.PathLike) -> FrameFiles:
@@ -418,7 +434,7 @@ def list_frames(seq_dir: str | os.PathLike) -> FrameFiles:
     seq_dir = Path(seq_dir)
     if not seq_dir.is_dir():
         raise RshnError(f"{seq_dir}: sequence folder not found")
-    paths, digits = _index_video(seq_dir, _RAW_PATTERN, "t", "raw frame")
+    paths, digits = _index_video(seq_dir, RAW_PATTERN, "t", "raw frame")
     first_shape, first_dtype = _tiff_header(paths[0])
     for path in paths[1:]:
         shape, dtype = _tiff_header(path)
@@ -510,7 +526,7 @@ def load_sequence(dataset_dir: str | os.PathLike, seq: str | int, *, require_fra
     sequence = Sequence(dataset_dir=dataset_dir, seq=seq, frames=frames, frame_paths=list(frame_paths),
                         digits=digits)
     if tra_dir.is_dir():
-        tra_paths, tra_digits = _index_video(tra_dir, _TRA_PATTERN, "man_track", "TRA mask")
+        tra_paths, tra_digits = _index_video(tra_dir, TRA_PATTERN, "man_track", "TRA mask")
         if frames is not None and len(tra_paths) != len(frame_paths):
             raise RshnError(f"{tra_dir}: {len(tra_paths)} TRA masks but {len(frame_paths)} raw frames in {seq_dir}")
         sequence.tra = _read_label_stack(tra_paths, np.uint16, expected_shape=_frame_shape(frames),
@@ -652,7 +668,7 @@ def load_result(res_dir: str | os.PathLike) -> Result:
     res_dir = Path(res_dir)
     if not res_dir.is_dir():
         raise RshnError(f"{res_dir}: result folder not found")
-    paths, digits = _index_video(res_dir, _MASK_PATTERN, "mask", "result mask")
+    paths, digits = _index_video(res_dir, MASK_PATTERN, "mask", "result mask")
     track_path = res_dir / "res_track.txt"
     tracks = read_track_file(track_path)
     labels = _read_label_stack(paths, np.int32)
@@ -871,7 +887,7 @@ def _read_sparse_labels(folder: Path, num_frames: int, shape: tuple[int, int]) -
     """Read ``man_segNNN.tif`` files of a SEG folder into {frame index: uint16 mask}."""
     files = {}
     for entry in sorted(folder.iterdir()):
-        match = _SEG_PATTERN.fullmatch(entry.name)
+        match = SEG_PATTERN.fullmatch(entry.name)
         if not (match and entry.is_file()):
             continue
         index = int(match.group(1))

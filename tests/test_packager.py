@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctc_submission.check import check_submission
-from ctc_submission.packager import SEQUENCES, package_submission, packaged_datasets
+from ctc_submission.check import check_submission, packaged_datasets
+from ctc_submission.packager import package_submission
+from ctc_submission.sw_files import SEQUENCES
 from ctc_submission.writer import write_ctc_result
 from data_io.ctc import write_tiff
 from data_io.synthetic import SyntheticParams, generate_sequence
