@@ -31,7 +31,7 @@ from ctc_submission.sw_files import (
     SW_DIR,
     launcher_name,
 )
-from data_io.ctc import MASK_PATTERN, RAW_PATTERN, count_frames, numbered_files
+from data_io.ctc import MASK_PATTERN, RAW_PATTERN, numbered_files
 from rshn_tf.errors import RshnError
 
 _MAX_LISTED = 5

@@ -61,11 +61,11 @@ from ctc_submission.sw_files import (
     WHEELS_DIR,
     launcher_name,
 )
-from ctc_submission.writer import fresh_folder, swap_in
 from data_io.ctc import count_frames
+from rshn_tf.atomic import atomic_folder, write_text_atomic
 from rshn_tf.config import Config, apply_overrides, preset_dir, save_config, validate
 from rshn_tf.errors import RshnError
-from rshn_tf.model_folder import MODEL_INFO_FILE, WEIGHTS_FILES, ModelFolder, model_info, write_text_atomic
+from rshn_tf.model_folder import MODEL_INFO_FILE, WEIGHTS_FILES, ModelFolder, model_info
 from rshn_tf.output_lock import claim_output
 
 log = logging.getLogger(__name__)
@@ -188,15 +188,10 @@ def package_submission(
         _check_replaceable(sw_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
 
-        tmp = fresh_folder(sw_dir, "tmp")
-        try:
+        with atomic_folder(sw_dir) as tmp:
             _build_sw(tmp, sw_dir, folder, weights, config, dataset, wheels)
             _refuse_local_paths(tmp, [folder.root, out_dir, Path(rshn_tf.__file__).resolve().parent.parent,
                                       Path.home(), Path(sys.prefix), Path(sys.base_prefix)])
-            swap_in(tmp, sw_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         datasets = packaged_datasets(sw_dir)
         log.info("packaged %s into %s (datasets: %s)", dataset, sw_dir, ", ".join(datasets))
         result = PackageResult(sw_dir, datasets)

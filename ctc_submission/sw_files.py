@@ -254,7 +254,7 @@ def readme(entries: Sequence[DatasetEntry], version: str, python: str, platform:
         f"cd SW && bash {launcher_name(first, '01')} && bash {launcher_name(first, '02')}",
         "```",
         "",
-        f"Each launcher reads `../<DATASET>/0X/t*.tif` and writes `../<DATASET>/0X_RES` (`maskNNN.tif` + "
+        "Each launcher reads `../<DATASET>/0X/t*.tif` and writes `../<DATASET>/0X_RES` (`maskNNN.tif` + "
         "`res_track.txt`). It stops with a non-zero exit status and a message when the input folder is missing or "
         "holds no `t*.tif` frames.",
         "",

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from data_io.ctc import FRAME_DIGITS, write_tiff, write_track_file
+from rshn_tf.atomic import fresh_folder, swap_in
 from rshn_tf.errors import RshnError
 
 if TYPE_CHECKING:
@@ -34,32 +34,6 @@ _RESULT_FILE_PATTERNS = ("mask*.tif", "res_track.txt", "config.yaml")
 def mask_digits(num_frames: int) -> int:
     """Digits of the frame index in file names: 3 (``t000``) up to 1000 frames, else 4, as the CTC uses."""
     return 3 if num_frames <= 1000 else 4
-
-
-def fresh_folder(target: Path, kind: str) -> Path:
-    """Create a new hidden folder beside ``target`` (permissions follow the umask, unlike ``mkdtemp``)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        folder = target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        except BaseException:  # a stop signal handled just after the folder was made: the caller never gets it
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        return folder
-
-
-def swap_in(tmp: Path, target: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``target``, replacing an existing ``target`` folder."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = fresh_folder(target, "old")
-    os.replace(target, old / target.name)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _looks_like_result(folder: Path) -> bool:

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import tifffile
 
+from rshn_tf.atomic import atomic_file, atomic_folder
 from rshn_tf.errors import RshnError
 
 logger = logging.getLogger(__name__)
@@ -87,13 +88,8 @@ def write_tiff(path: str | os.PathLike, image: np.ndarray) -> None:
         path: Destination file.
         image: 2-D array; written in its dtype.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_file(path) as tmp:
         tifffile.imwrite(tmp, np.asarray(image), compression="zlib")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_track_file(path: str | os.PathLike) -> np.ndarray:
@@ -142,14 +138,9 @@ def write_track_file(path: str | os.PathLike, tracks: np.ndarray) -> None:
     path = Path(path)
     tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
     tracks = tracks[np.argsort(tracks[:, 0], kind="stable")]
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            for label, begin, end, parent in tracks:
-                handle.write(f"{label} {begin} {end} {parent}\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+        for label, begin, end, parent in tracks:
+            handle.write(f"{label} {begin} {end} {parent}\n")
 
 
 def check_tracks(tracks: np.ndarray, path: str | os.PathLike, num_frames: int | None = None) -> None:
@@ -629,9 +620,7 @@ def write_time_window(dataset_dir: str | os.PathLike, seq: str | int, start: int
     if sequence.tra is None:
         raise RshnError(f"{Path(dataset_dir) / (sequence.seq + '_GT') / 'TRA'}: tracking ground truth not found")
     digits = sequence.digits
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(out_dir) as tmp:
         raw, tra, seg = tmp / sequence.seq, tmp / f"{sequence.seq}_GT" / "TRA", tmp / f"{sequence.seq}_GT" / "SEG"
         for folder in (raw, tra):
             folder.mkdir(parents=True)
@@ -644,10 +633,6 @@ def write_time_window(dataset_dir: str | os.PathLike, seq: str | int, start: int
             seg.mkdir(parents=True)
         for t in seg_frames:
             write_tiff(seg / f"man_seg{t - start:0{digits}d}.tif", sequence.seg[t])
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

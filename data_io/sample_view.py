@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
-from ctc_submission.writer import fresh_folder, swap_in
 from data_io.sampling import Sample, TrainingData, make_sample
+from rshn_tf.atomic import atomic_folder
 from rshn_tf.config import Config, save_config
 from rshn_tf.errors import RshnError
 from rshn_tf.os_faults import prepare_output
@@ -157,12 +156,8 @@ def show_sample(config: Config, out_dir: str | os.PathLike, seed: int = 0, index
     prepare_output(out_dir, "sample folder")
     data = TrainingData.from_config(config, dataset_dir)
     sample = make_sample(data, seed, index)
-    tmp = fresh_folder(out_dir, "tmp")
-    try:
+    with atomic_folder(out_dir) as tmp:
         write_sample(sample, config, tmp)
-        swap_in(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

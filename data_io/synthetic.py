@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +33,8 @@ import numpy as np
 import yaml
 from scipy import ndimage
 
-from ctc_submission.writer import fresh_folder
 from data_io.ctc import write_tiff, write_track_file
+from rshn_tf.atomic import atomic_folder
 from rshn_tf.errors import RshnError
 from rshn_tf.os_faults import prepare_output
 
@@ -749,8 +748,7 @@ def write_synthetic_dataset(
         raise RshnError(f"{out_dir}: folder exists and is not empty; choose another path or replace it with "
                         f"--overwrite")
     prepare_output(out_dir, "dataset folder")
-    temp_dir = fresh_folder(out_dir, "tmp")
-    try:
+    with atomic_folder(out_dir) as temp_dir:
         seeds = {}
         for name in sequences:
             seeds[name] = sequence_seed(seed, name)
@@ -765,34 +763,7 @@ def write_synthetic_dataset(
         }
         with open(temp_dir / METADATA_FILE, "w", encoding="utf-8", newline="\n") as handle:
             yaml.safe_dump(metadata, handle, sort_keys=False)
-        os.chmod(temp_dir, 0o777 & ~_umask())
-        _replace_folder(temp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace_folder(source: Path, target: Path) -> None:
-    """Move the finished ``source`` folder to ``target``, replacing an existing ``target`` folder."""
-    if not target.exists():
-        source.rename(target)
-        return
-    if not any(target.iterdir()):
-        target.rmdir()
-        source.rename(target)
-        return
-    old = fresh_folder(target, "old")
-    old.rmdir()
-    target.rename(old)
-    source.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_sequence(root: Path, name: str, sequence: SyntheticSequence) -> None:

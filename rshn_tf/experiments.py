@@ -55,10 +55,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
+from rshn_tf.atomic import atomic_folder, swap_in, twin_path, write_json_atomic, write_text_atomic
 from rshn_tf.config import Config, load_config_layers, resolve_config_path, save_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.evaluation import REPORTED
-from rshn_tf.model_folder import write_text_atomic
 from rshn_tf.output_lock import OutputLock, claim_output
 
 log = logging.getLogger(__name__)
@@ -266,11 +266,6 @@ def format_seconds(seconds: float) -> str:
         return f"{minutes} min {rest} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min"
-
-
-def write_json_atomic(path: Path, content: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
-    write_text_atomic(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
 
 
 def config_digest(config: Config, sections: Sequence[str], ignore: frozenset[str] = RERUN_MAY_CHANGE) -> str:
@@ -627,14 +622,14 @@ def _split_action(dataset_dir: Path, seq: str, split: int, out_root: Path) -> Ca
         if split >= num_frames:
             raise RshnError(f"experiment.split_frame = {split} leaves no frame of {dataset_dir / seq} "
                             f"({num_frames} frames) to evaluate")
-        tmp = out_root.with_name(f".{out_root.name}.{seq}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_time_window(dataset_dir, seq, split, num_frames, tmp)
-        out_root.mkdir(parents=True, exist_ok=True)
-        for name in (seq, f"{seq}_GT"):
-            shutil.rmtree(out_root / name, ignore_errors=True)
-            os.replace(tmp / name, out_root / name)
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = twin_path(out_root)
+        try:
+            write_time_window(dataset_dir, seq, split, num_frames, tmp)
+            out_root.mkdir(parents=True, exist_ok=True)
+            for name in (seq, f"{seq}_GT"):
+                swap_in(tmp / name, out_root / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return {"frames": [split, num_frames]}
 
     return action
@@ -690,12 +685,8 @@ def reproduces_prediction(config: Config, variant: Config) -> bool:
 
 def _copy_action(source: Path, target: Path) -> Callable[[], dict]:
     def action() -> dict:
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with atomic_folder(target) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
         return {"copied_from": str(source)}
 
     return action

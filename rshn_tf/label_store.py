@@ -12,31 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-
-def fsync_path(path: str | os.PathLike) -> None:
-    """Flush a file or folder to the disk (``os.fsync``), so that it survives a crash of the machine."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_written(paths: list[Path], folder: Path) -> None:
-    """Flush the files ``paths`` and, if there were any, their ``folder`` to the disk; empty the list."""
-    for path in paths:
-        fsync_path(path)
-    if paths:
-        fsync_path(folder)
-    paths.clear()
+from rshn_tf.atomic import atomic_file, fsync_written
 
 
 def save_atomically(path: Path, array: np.ndarray) -> None:
     """``np.save`` into a temporary file beside ``path``, then rename it over ``path`` (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as stream:
+    with atomic_file(path) as tmp, open(tmp, "wb") as stream:
         np.save(stream, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 class LabelStore:

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ctc_submission.writer import swap_in
+from rshn_tf.atomic import atomic_file, atomic_folder, write_text_atomic
 from rshn_tf.config import Config, config_from_dict, load_yaml, save_config
 from rshn_tf.errors import RshnError
 from rshn_tf.output_lock import claim_output
@@ -218,17 +218,11 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, weigh
     _refuse_existing(out_dir, overwrite)  # before the lock file and the write probe touch the parent folder
     with claim_output(out_dir, "exported model folder"):
         _refuse_existing(out_dir, overwrite)  # another process may have written it meanwhile
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp.mkdir(parents=True)
+        with atomic_folder(out_dir) as tmp:
             save_config(config, tmp / CONFIG_FILE)
             shutil.copyfile(source, tmp / WEIGHTS_FILES[weights])
             write_text_atomic(tmp / MODEL_INFO_FILE, json.dumps(model_info(folder, weights), indent=2,
                                                                 sort_keys=True) + "\n")
-            swap_in(tmp, out_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -237,32 +231,12 @@ def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
         raise RshnError(f"{out_dir}: already exists; choose another folder or replace it with --overwrite")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path`` (on failure the temporary
-    file is removed and ``path`` is unchanged)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_weights_atomic(model: Any, path: str | os.PathLike) -> Path:
     """``model.save_weights`` to a temporary ``.weights.h5`` beside ``path``, then rename it over ``path`` (on
     failure the temporary file is removed and ``path`` is unchanged)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{os.getpid()}.tmp.{path.name}")
-    try:
+    with atomic_file(path, suffix=".weights.h5") as tmp:
         model.save_weights(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _weight_shapes_in_file(path: Path) -> Counter:

@@ -3,9 +3,9 @@ killed runs, one translation of OS errors into a user-facing message (issue 18).
 
 * :func:`check_writable`: every writing verb calls it on each output location before any computation, so a
   read-only folder, a full disk or a read-only file system ends the run at once with a clear message.
-* :func:`remove_stale_temps`: hidden temporary files and folders (``.NAME.tmp-PID-*``, ``.NAME.old-PID-*``,
-  ``.NAME.PID.tmp``, ``.PID.tmp.NAME``) of processes that no longer run, removed at the next run into that place
-  (inside model and run folders at every depth); :func:`remove_checkpoint_temps` does the same for TensorFlow's
+* :func:`remove_stale_temps`: hidden temporary files and folders (``.NAME.tmp-PID-*`` and ``.NAME.old-PID-*`` of
+  :mod:`rshn_tf.atomic`, and ``.NAME.PID.tmp``, ``.PID.tmp.NAME`` of earlier versions) of processes that no longer
+  run, removed at the next run into that place (inside model and run folders at every depth); :func:`remove_checkpoint_temps` does the same for TensorFlow's
   unfinished checkpoint saves.
 * :func:`fault_message`: the message of an ``OSError`` (or a TensorFlow / h5py error wrapping one) that a user's
   environment caused: permission denied, read-only file system, no space left, quota exceeded.
@@ -44,7 +44,8 @@ _checked: list[Path] = []
 
 #: Hidden temporary names of this project's atomic writes; the group ``pid`` is the writing process.
 _TEMP_NAMES = (
-    re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)(?:-[0-9a-f]+)?$"),  # .NAME.tmp-PID, .NAME.tmp-PID-UUID, .NAME.old-…
+    # rshn_tf.atomic: .NAME.tmp-PID-HEX[.SUFFIX], .NAME.old-PID-HEX; earlier versions: .NAME.tmp-PID
+    re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)(?:-[0-9a-f]{8}(?:\.[A-Za-z0-9.]+)?)?$"),
     re.compile(r"^\..+\.(?P<pid>\d+)\.tmp(?:\.[A-Za-z0-9]+)?$"),  # .NAME.PID.tmp, .STEM.PID.tmp.png
     re.compile(r"^\.(?P<pid>\d+)\.tmp\..+$"),  # .PID.tmp.NAME (weights)
 )

@@ -29,9 +29,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from rshn_tf.atomic import atomic_file
 from rshn_tf.config import Config, load_config, save_config
 from rshn_tf.errors import RshnError
-from rshn_tf.label_store import LabelStore, fsync_path
+from rshn_tf.label_store import LabelStore
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,8 @@ def partial_path(target: str | os.PathLike) -> Path:
 def save_checkpoint(path: Path, numbers: dict, arrays: Sequence[np.ndarray]) -> None:
     """Write ``numbers`` (JSON) and ``arrays`` to ``path`` atomically and durably (temporary file, fsync,
     rename, fsync of the folder)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as stream:
+    with atomic_file(path, durable=True) as tmp, open(tmp, "wb") as stream:
         np.savez(stream, numbers=np.array(json.dumps(numbers)), **{f"array_{i}": a for i, a in enumerate(arrays)})
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 def load_checkpoint(path: Path) -> tuple[dict, list[np.ndarray]]:

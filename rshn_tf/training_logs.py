@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from rshn_tf.atomic import write_text_atomic
 from rshn_tf.errors import RshnError
-from rshn_tf.model_folder import write_text_atomic
 
 
 

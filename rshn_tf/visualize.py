@@ -16,6 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 from data_io.ctc import load_frames, load_result
+from rshn_tf.atomic import atomic_file
 from rshn_tf.errors import RshnError
 from rshn_tf.os_faults import prepare_output
 
@@ -138,12 +139,7 @@ def render_overlay(
     ]
     if not images:
         raise RshnError(f"{out_path}: no frames selected")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp{suffix}")
-    try:
+    with atomic_file(out_path, suffix=suffix) as tmp:
         images[0].save(tmp, save_all=True, append_images=images[1:], duration=FRAME_DURATION_MS, loop=0,
                        format="GIF" if suffix == ".gif" else "PNG")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path

@@ -62,6 +62,7 @@ def arm(point: str, n: int) -> None:
     import rshn_tf.label_store
     import rshn_tf.postprocess
     import rshn_tf.run_folder
+    from rshn_tf.atomic import twin_path
 
     if point == "pair":
         cls = rshn_tf.postprocess.PostProcessor
@@ -77,7 +78,7 @@ def arm(point: str, n: int) -> None:
         real_save = rshn_tf.label_store.save_atomically
 
         def save_half(path: Any, array: Any) -> None:
-            with open(path.with_name(f".{path.name}.tmp"), "wb") as stream:
+            with open(twin_path(path), "wb") as stream:  # the temporary twin of rshn_tf.atomic, never renamed
                 _write_half_then_kill(stream, lambda buffer: np.save(buffer, array, allow_pickle=False))
 
         rshn_tf.label_store.save_atomically = _counting(n, save_half, None, real_save)

@@ -19,7 +19,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ctc_submission.check import check_submission, packaged_datasets
