@@ -79,9 +79,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = _config(args, path)
         print(f"OK  {path}")
         if len(args.files) == 1 and args.show:
-            import yaml
+            from rshn_tf.config import config_yaml
 
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None), end="")
+            print(config_yaml(config), end="")
     return 0
 
 
