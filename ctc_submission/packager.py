@@ -115,8 +115,8 @@ def runtime_requirements() -> list[str]:
     """The runtime dependencies of rshn-tf pinned to the versions installed here (``name==version``).
 
     The declared requirements come from the ``setup.cfg`` beside the imported ``rshn_tf`` package (source checkout)
-    or from the installed distribution's metadata. Requirements of extras (``test``) are left out; of alternatives
-    such as ``tensorflow-cpu`` / ``tensorflow`` the installed ones are pinned.
+    or from the installed distribution's metadata, with the TensorFlow of the ``cpu`` extra; other extras (``test``)
+    are left out. Of alternatives such as ``tensorflow-cpu`` / ``tensorflow`` the installed ones are pinned.
 
     Raises:
         RshnError: If the requirements cannot be found or a non-alternative requirement is not installed.
@@ -473,8 +473,29 @@ def _hardware() -> str:
 # Helpers
 
 
+#: The extra whose TensorFlow a submission declares: ``cpu`` (the base requirements name no TensorFlow; the pinned
+#: version is the one installed here, ``tensorflow-cpu`` or ``tensorflow``, see :func:`runtime_requirements`).
+SUBMISSION_EXTRA = "cpu"
+
+_EXTRA_CLAUSE = re.compile(r"""\s*(?:\band\s+)?\(?\s*extra\s*==\s*["'](?P<extra>[^"']+)["']\s*\)?""")
+
+
+def _runtime_line(line: str) -> Optional[str]:
+    """A requirement line of the base or of :data:`SUBMISSION_EXTRA` without its ``extra ==`` clause; None for a
+    requirement of another extra."""
+    requirement, _, marker = line.partition(";")
+    match = _EXTRA_CLAUSE.search(marker)
+    if match is None:
+        return line.strip()
+    if match.group("extra") != SUBMISSION_EXTRA:
+        return None
+    rest = (marker[:match.start()] + marker[match.end():]).strip()
+    return f"{requirement.strip()}; {rest}" if rest else requirement.strip()
+
+
 def declared_requirements() -> list[str]:
-    """The runtime requirement lines of rshn-tf (``name>=version; marker``), extras left out, sorted by name.
+    """The runtime requirement lines of rshn-tf (``name>=version; marker``) with the TensorFlow of the ``cpu``
+    extra (:data:`SUBMISSION_EXTRA`), other extras left out, sorted by name.
 
     Read from the ``setup.cfg`` beside the imported ``rshn_tf`` package (source checkout) or from the installed
     distribution's metadata (also of the bundled ``SW/src``, which declares the same lines).
@@ -489,15 +510,16 @@ def declared_requirements() -> list[str]:
         parser.read(setup_cfg, encoding="utf-8")
         if parser.get("metadata", "name", fallback="") == DISTRIBUTION:
             lines = parser.get("options", "install_requires", fallback="").splitlines()
+            lines += parser.get("options.extras_require", SUBMISSION_EXTRA, fallback="").splitlines()
     if not lines:
         try:
             lines = metadata.requires(DISTRIBUTION) or []
         except metadata.PackageNotFoundError:
             raise RshnError(f"cannot find the requirements of rshn-tf: neither {setup_cfg} nor an installed "
                             f"'{DISTRIBUTION}' distribution") from None
+    runtime = [_runtime_line(line) for line in lines if line.strip() and not line.strip().startswith("#")]
     # sorted: an installed distribution's metadata lists requirements with markers last
-    return sorted((line.strip() for line in lines if line.strip() and "extra" not in line.partition(";")[2]),
-                  key=str.lower)
+    return sorted((line for line in runtime if line), key=str.lower)
 
 
 def _declared_requirements() -> list[tuple[str, list[str]]]:

@@ -79,9 +79,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = _config(args, path)
         print(f"OK  {path}")
         if len(args.files) == 1 and args.show:
-            import yaml
+            from rshn_tf.config import config_yaml
 
-            print(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None), end="")
+            print(config_yaml(config), end="")
     return 0
 
 
@@ -428,6 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
         print(f"rshn {args.verb}: {stop}{notes}", file=sys.stderr)
         return stop.exit_status
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("tensorflow", "keras"):
+            raise
+        print(f"rshn {args.verb}: error: TensorFlow is not installed (no module {exc.name!r}); it comes with an "
+              f"extra of rshn-tf chosen for the hardware: pip install \"rshn-tf[cpu]\", or \"rshn-tf[gpu]\" for "
+              f"NVIDIA GPUs on Linux (in a source checkout: pip install \".[cpu]\" or \".[gpu]\")", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as exc:
         message = fault_message(exc)
         if message is None:

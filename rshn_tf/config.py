@@ -10,8 +10,15 @@ Loading rules:
       ``inference``, ``postprocessing``, ``tracking`` and ``experiment``, plus an optional top-level ``base`` (a
       preset name such as ``DIC-C2DH-HeLa``, or a path relative to the YAML file, or a list of them) that is loaded
       first and then overridden.
-    * Unknown keys and values of the wrong type are rejected with an error naming the key and the file.
     * ``--set section.key=value`` overrides (value parsed as YAML) are applied last.
+    * The schema owns validation: unknown keys, values of the wrong type and values out of range
+      (:data:`SECTION_CHECKS`, one list of checks per section) are all reported at once, in one :class:`RshnError`
+      naming each key and the file or ``--set`` it came from.
+
+Saved configurations (``config.yaml`` of model, result and run folders) start with ``schema_version``
+(:data:`SCHEMA_VERSION`). Loading brings an older layout up to date step by step (:data:`MIGRATIONS`, in the manner of
+CSBDeep's ``update_loaded_config``); a file without ``schema_version`` (every folder saved before versioning, and
+hand-written YAMLs) is version 1, and a file of a newer version is refused with a clear message.
 """
 
 from __future__ import annotations
@@ -544,38 +551,97 @@ def _coerce(value: Any, annotation: Any) -> Any:
     raise TypeError
 
 
+def _conforms(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` already has the type ``annotation`` (strictly: no conversion; an int is a float)."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is Literal:
+        return isinstance(value, str) and value in typing.get_args(annotation)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_conforms(v, item) for v in value)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return False
+
+
 def _suggest(key: str, options: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(options), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _apply_section(section_obj: Any, section: str, values: Any, source: str, sources: dict[str, str]) -> None:
+class _Problems:
+    """Errors collected while a configuration is assembled and checked, reported together in one RshnError.
+
+    Attributes:
+        messages: One line per error, each naming the key (or section) and where its value came from.
+        keys: ``section.key`` of every key whose given value was refused; range checks that read such a key are
+            skipped, because the key still holds its previous value.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.keys: set[str] = set()
+
+    def add(self, message: str, key: Optional[str] = None) -> None:
+        """Record one error; ``key`` marks a ``section.key`` whose value was refused."""
+        self.messages.append(message)
+        if key is not None:
+            self.keys.add(key)
+
+    def raise_if_any(self) -> None:
+        """Raise one RshnError holding every recorded error (none: return).
+
+        Raises:
+            RshnError: The only error, or ``N invalid config values:`` and one indented line per error.
+        """
+        messages = list(dict.fromkeys(self.messages))
+        if len(messages) == 1:
+            raise RshnError(messages[0])
+        if messages:
+            raise RshnError(f"{len(messages)} invalid config values:\n  " + "\n  ".join(messages))
+
+
+def _apply_section(section_obj: Any, section: str, values: Any, source: str, sources: dict[str, str],
+                   problems: _Problems) -> None:
     if not isinstance(values, dict):
-        raise RshnError(f"{source}: section '{section}' must be a mapping of keys to values, got {values!r}")
+        problems.add(f"{source}: section '{section}' must be a mapping of keys to values, got {values!r}")
+        return
     hints = typing.get_type_hints(type(section_obj))
     for key, value in values.items():
         if key not in hints:
-            raise RshnError(
-                f"{source}: unknown key '{section}.{key}'{_suggest(str(key), hints)}; "
-                f"valid keys of '{section}': {', '.join(hints)}"
-            )
-        _set_value(section_obj, section, key, value, hints[key], source)
-        sources[f"{section}.{key}"] = source
+            problems.add(f"{source}: unknown key '{section}.{key}'{_suggest(str(key), hints)}; "
+                         f"valid keys of '{section}': {', '.join(hints)}", f"{section}.{key}")
+            continue
+        message = _set_value(section_obj, section, key, value, hints[key], source)
+        if message is None:
+            sources[f"{section}.{key}"] = source
+        else:
+            problems.add(message, f"{section}.{key}")
 
 
-def _set_value(section_obj: Any, section: str, key: str, value: Any, annotation: Any, source: str) -> None:
+def _set_value(section_obj: Any, section: str, key: str, value: Any, annotation: Any, source: str) -> Optional[str]:
+    """Set one key from a parsed YAML value; return the error message instead when the value does not fit."""
     try:
         coerced = _coerce(value, annotation)
     except (TypeError, ValueError):
-        raise RshnError(
-            f"{source}: key '{section}.{key}' must be {_type_name(annotation)}, got {value!r}"
-        ) from None
+        return f"{source}: key '{section}.{key}' must be {_type_name(annotation)}, got {value!r}"
     if not _all_finite(coerced):
-        raise RshnError(f"{source}: key '{section}.{key}' must be finite (no NaN or infinity), got {value!r}")
+        return f"{source}: key '{section}.{key}' must be finite (no NaN or infinity), got {value!r}"
     if (section, key) in (("data", "train_sequences"), ("training", "validation_sequences"),
                           ("experiment", "test_sequences")):
         coerced = [normalize_sequence_name(v) for v in coerced]
     setattr(section_obj, key, coerced)
+    return None
 
 
 def _all_finite(value: Any) -> bool:
@@ -591,8 +657,26 @@ def normalize_sequence_name(name: str | int) -> str:
     return text.zfill(2) if text.isdigit() else text
 
 
+def _apply_dict(config: Config, values: Any, source: str, problems: _Problems) -> None:
+    """:func:`apply_dict` that records key errors in ``problems`` instead of raising them."""
+    if not isinstance(values, dict):
+        problems.add(f"{source}: expected a mapping of sections, got {type(values).__name__}")
+        return
+    for section, section_values in values.items():
+        if section not in SECTIONS:
+            problems.add(f"{source}: unknown section '{section}'{_suggest(str(section), SECTIONS)}; "
+                         f"valid sections: {', '.join(SECTIONS)}")
+            continue
+        if section_values is None:
+            continue
+        _apply_section(getattr(config, section), section, section_values, source,
+                       config.__dict__.setdefault("sources", {}), problems)
+
+
 def apply_dict(config: Config, values: dict[str, Any], source: str) -> Config:
     """Override ``config`` in place with nested ``values`` and return it.
+
+    Every key that fits is set; the errors of all others are reported together.
 
     Args:
         config: Configuration to change.
@@ -600,20 +684,11 @@ def apply_dict(config: Config, values: dict[str, Any], source: str) -> Config:
         source: Name used in error messages (a file path or ``--set``).
 
     Raises:
-        RshnError: On unknown sections or keys, or values of the wrong type.
+        RshnError: On unknown sections or keys, or values of the wrong type (all of them in one error).
     """
-    if not isinstance(values, dict):
-        raise RshnError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
-    for section, section_values in values.items():
-        if section not in SECTIONS:
-            raise RshnError(
-                f"{source}: unknown section '{section}'{_suggest(str(section), SECTIONS)}; "
-                f"valid sections: {', '.join(SECTIONS)}"
-            )
-        if section_values is None:
-            continue
-        _apply_section(getattr(config, section), section, section_values, source,
-                       config.__dict__.setdefault("sources", {}))
+    problems = _Problems()
+    _apply_dict(config, values, source, problems)
+    problems.raise_if_any()
     return config
 
 
@@ -714,18 +789,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return content
 
 
-def _load_layers(path: Path, config: Config, chain: tuple[Path, ...]) -> None:
+def _load_layers(path: Path, config: Config, chain: tuple[Path, ...], problems: _Problems) -> None:
     path = path.resolve()
     if path in chain:
         raise RshnError(f"{path}: 'base' includes itself ({' -> '.join(str(p) for p in chain + (path,))})")
     content = _read_yaml(path)
     bases = content.pop("base", None)
+    content = migrate(content, str(path))
     if bases is not None:
-        for base in [bases] if isinstance(bases, str) else bases:
-            if not isinstance(base, str):
-                raise RshnError(f"{path}: 'base' must be a preset name, a path or a list of them, got {base!r}")
-            _load_layers(resolve_config_path(base, relative_to=path.parent), config, chain + (path,))
-    apply_dict(config, content, str(path))
+        if isinstance(bases, str):
+            bases = [bases]
+        if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+            raise RshnError(f"{path}: 'base' must be a preset name, a path or a list of them, got {bases!r}")
+        for base in bases:
+            _load_layers(resolve_config_path(base, relative_to=path.parent), config, chain + (path,), problems)
+    _apply_dict(config, content, str(path), problems)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -745,11 +823,31 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
-    """Apply ``--set section.key=value`` overrides in order and return the configuration."""
+def _apply_overrides(config: Config, overrides: typing.Sequence[str], problems: _Problems,
+                     frozen: typing.Collection[str] = ()) -> None:
+    """Apply ``--set`` overrides in order, recording every error in ``problems``; ``frozen`` sections refuse."""
     for text in overrides:
-        section, key, value = parse_override(text)
-        apply_dict(config, {section: {key: value}}, f"--set {text}")
+        try:
+            section, key, value = parse_override(text)
+        except RshnError as exc:
+            problems.add(str(exc))
+            continue
+        if section in frozen:
+            problems.add(f"--set {text}: '{section}.*' keys describe the trained network and cannot be changed for "
+                         f"prediction; train a new model for another network", f"{section}.{key}")
+            continue
+        _apply_dict(config, {section: {key: value}}, f"--set {text}", problems)
+
+
+def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
+    """Apply ``--set section.key=value`` overrides in order and return the configuration.
+
+    Raises:
+        RshnError: Naming every override that is malformed, unknown or of the wrong type.
+    """
+    problems = _Problems()
+    _apply_overrides(config, overrides, problems)
+    problems.raise_if_any()
     return config
 
 
@@ -764,14 +862,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequenc
         The resolved configuration.
 
     Raises:
-        RshnError: On missing files, unknown keys, wrong types or invalid values.
+        RshnError: On missing or unreadable files, and for all unknown keys, wrong types and invalid values at once.
     """
-    config = Config()
-    if path is not None:
-        _load_layers(resolve_config_path(path), config, ())
-    apply_overrides(config, overrides)
-    validate(config)
-    return config
+    return load_config_layers([] if path is None else [path], overrides)
 
 
 def load_config_layers(
@@ -781,32 +874,47 @@ def load_config_layers(
     chain, e.g. a dataset preset, then a Table 3 row, then a profile.
 
     Raises:
-        RshnError: On missing files, unknown keys, wrong types or invalid values.
+        RshnError: On missing or unreadable files, and for all unknown keys, wrong types and invalid values at once.
     """
     config = Config()
+    problems = _Problems()
     for path in paths:
-        _load_layers(resolve_config_path(path), config, ())
-    apply_overrides(config, overrides)
-    validate(config)
+        _load_layers(resolve_config_path(path), config, (), problems)
+    _apply_overrides(config, overrides, problems)
+    _validate(config, "config", SECTIONS, problems)
     return config
 
 
 def config_from_dict(values: dict[str, Any], source: str = "<dict>") -> Config:
-    """Build a validated configuration from nested dicts (e.g. a saved ``config.yaml`` already parsed)."""
-    config = apply_dict(Config(), copy.deepcopy(values), source)
-    validate(config)
+    """Build a validated configuration from nested dicts, e.g. a saved ``config.yaml`` already parsed.
+
+    A ``schema_version`` entry is honoured as in a file (:func:`migrate`); without one the values are read as
+    version 1.
+
+    Raises:
+        RshnError: For a newer ``schema_version``, and for all unknown keys, wrong types and invalid values at once.
+    """
+    config = Config()
+    problems = _Problems()
+    _apply_dict(config, migrate(copy.deepcopy(values), source), source, problems)
+    _validate(config, source, SECTIONS, problems)
     return config
 
 
+def config_yaml(config: Config) -> str:
+    """The YAML text of a fully resolved configuration: ``schema_version`` first, then every section."""
+    return yaml.safe_dump({"schema_version": SCHEMA_VERSION, **config.to_dict()}, sort_keys=False,
+                          default_flow_style=None)
+
+
 def save_config(config: Config, path: str | os.PathLike) -> Path:
-    """Write the fully resolved configuration as YAML (atomically) and return the path."""
+    """Write the fully resolved configuration as YAML (atomically), with its ``schema_version``, and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     header = "# Resolved rshn-tf configuration: every key, after presets and --set overrides.\n"
     with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(header)
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False, default_flow_style=None)
+        handle.write(header + config_yaml(config))
     os.replace(tmp, path)
     return path
 
@@ -815,16 +923,89 @@ def resolve_predict_config(model_config: Config, overrides: typing.Sequence[str]
     """The model folder's configuration with ``--set`` overrides applied; ``model.*`` may not change.
 
     Raises:
-        RshnError: For an override of the ``model`` section (the weights belong to that network) or an invalid one.
+        RshnError: Naming every override of the ``model`` section (the weights belong to that network) and every
+            invalid one.
     """
-    for text in overrides:
-        section, key, value = parse_override(text)
-        if section == "model":
-            raise RshnError(f"--set {text}: 'model.*' keys describe the trained network and cannot be changed for "
-                            f"prediction; train a new model for another network")
-        apply_dict(model_config, {section: {key: value}}, f"--set {text}")
-    validate(model_config)
+    problems = _Problems()
+    _apply_overrides(model_config, overrides, problems, frozen=("model",))
+    _validate(model_config, "config", SECTIONS, problems)
     return model_config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Schema versions of saved configurations
+
+
+#: Layout version of configurations, saved as ``schema_version`` at the top of every ``config.yaml``. Raise it when
+#: a key is renamed, moved or removed, and register the step from the previous version in :data:`MIGRATIONS`.
+SCHEMA_VERSION = 2
+
+
+def move_key(values: dict[str, Any], old: str, new: str) -> None:
+    """Move ``old`` (``section.key``) to ``new`` in parsed YAML sections, in place; for migrations.
+
+    Nothing happens when ``old`` is absent. A missing target section is created; when both keys are given, the
+    old one is dropped and the new one kept.
+    """
+    old_section, old_key = old.split(".", 1)
+    new_section, new_key = new.split(".", 1)
+    section = values.get(old_section)
+    if not isinstance(section, dict) or old_key not in section:
+        return
+    value = section.pop(old_key)
+    if not section:
+        values.pop(old_section)
+    target = values.setdefault(new_section, {})
+    if isinstance(target, dict):
+        target.setdefault(new_key, value)
+
+
+def drop_key(values: dict[str, Any], key: str) -> None:
+    """Remove ``key`` (``section.key``) from parsed YAML sections, in place, when present; for migrations."""
+    section_name, name = key.split(".", 1)
+    section = values.get(section_name)
+    if isinstance(section, dict):
+        section.pop(name, None)
+
+
+def _version_1_to_2(values: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 (no ``schema_version``, as saved before versioning) to 2: ``experiment.synthetic_seg``, a key
+    removed before versioning that no code read, is dropped; all other keys are unchanged."""
+    drop_key(values, "experiment.synthetic_seg")
+    return values
+
+
+#: ``MIGRATIONS[v]`` turns the parsed sections of a version-``v`` configuration into version ``v + 1`` (in the
+#: manner of CSBDeep's ``update_loaded_config``). Hand-written YAMLs and presets without ``schema_version`` are read
+#: as version 1, so a migration must leave keys that already have their new name untouched.
+MIGRATIONS: dict[int, typing.Callable[[dict[str, Any]], dict[str, Any]]] = {1: _version_1_to_2}
+
+
+def migrate(values: Any, source: str) -> Any:
+    """Bring parsed YAML sections to :data:`SCHEMA_VERSION`: pop ``schema_version`` and run the migrations.
+
+    Args:
+        values: The parsed top level of a YAML file or saved ``config.yaml`` (changed in place); anything but a
+            mapping is returned as it is, for :func:`apply_dict` to report.
+        source: Named in error messages.
+
+    Returns:
+        The sections in the current layout, without ``schema_version``.
+
+    Raises:
+        RshnError: If ``schema_version`` is not a positive integer, or is newer than this version of rshn-tf reads.
+    """
+    if not isinstance(values, dict):
+        return values
+    version = values.pop("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RshnError(f"{source}: 'schema_version' must be a positive integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise RshnError(f"{source}: written by a newer rshn-tf (schema_version {version}); this version reads "
+                        f"configurations up to schema_version {SCHEMA_VERSION}: upgrade rshn-tf to load it")
+    for step in range(version, SCHEMA_VERSION):
+        values = MIGRATIONS[step](values)
+    return values
 
 
 #: Element-wise Keras activations accepted by ``model.activation`` and ``model.gru_activation``.
@@ -832,6 +1013,9 @@ ACTIVATIONS = ("celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoi
                "hard_tanh", "leaky_relu", "linear", "log_sigmoid", "mish", "relu", "relu6", "selu", "sigmoid", "silu",
                "soft_shrink", "softplus", "softsign", "sparse_plus", "sparse_sigmoid", "squareplus", "swish", "tanh",
                "tanh_shrink")
+
+#: Most levels per hourglass: tile sides are multiples of 2^(levels-1), 32768 pixels at 16 levels.
+MAX_LEVELS = 16
 
 #: One range check: the key it is reported under, what the value must be, the test, and other keys the test reads.
 _Check = tuple[str, str, typing.Callable[[], bool], tuple[str, ...]]
@@ -851,11 +1035,19 @@ def _interval(values: Optional[list], minimum: float = -math.inf, allow_none: bo
     return len(values) == 2 and minimum <= values[0] <= values[1]
 
 
-def _range_checks(c: Config) -> list[_Check]:
-    """Every range and relation check of the schema (types are checked when values are set)."""
-    d, m, a, lo, t, i, p, tr, e = (c.data, c.model, c.augmentation, c.loss, c.training, c.inference,
-                                   c.postprocessing, c.tracking, c.experiment)
-    grid = 2 ** (m.levels - 1) if m.levels >= 1 else 1
+def _grid(model: ModelConfig) -> Optional[int]:
+    """2^(levels-1), the multiple of every tile side; None when ``model.levels`` is not an int in 1 … MAX_LEVELS
+    (the checks that need it then cannot be evaluated and the check of ``model.levels`` reports the problem)."""
+    levels = model.levels
+    if isinstance(levels, int) and not isinstance(levels, bool) and 1 <= levels <= MAX_LEVELS:
+        return 2 ** (levels - 1)
+    return None
+
+
+def _data_checks(c: Config) -> list[_Check]:
+    """The range and relation checks of ``data.*`` keys."""
+    d = c.data
+    grid = _grid(c.model)
     return [
         ("data.tile_size", "two positive integers (height, width)", lambda: _pair(d.tile_size, 1), ()),
         ("data.tile_size", f"divisible by 2^(model.levels-1) = {grid}",
@@ -879,7 +1071,15 @@ def _range_checks(c: Config) -> list[_Check]:
         ("data.train_frames", "null or [start, stop] with 0 <= start < stop",
          lambda: d.train_frames is None
          or (len(d.train_frames) == 2 and 0 <= d.train_frames[0] < d.train_frames[1]), ()),
-        ("model.levels", "at least 1", lambda: m.levels >= 1, ()),
+    ]
+
+
+def _model_checks(c: Config) -> list[_Check]:
+    """The range and relation checks of ``model.*`` keys."""
+    m = c.model
+    return [
+        ("model.levels", f"in 1 ... {MAX_LEVELS} (tile sides are multiples of 2^(levels-1))",
+         lambda: 1 <= m.levels <= MAX_LEVELS, ()),
         ("model.stacks", "at least 1", lambda: m.stacks >= 1, ()),
         ("model.filters", "at least 1", lambda: m.filters >= 1, ()),
         ("model.embedding_size", "at least 2", lambda: m.embedding_size >= 2, ()),
@@ -892,6 +1092,13 @@ def _range_checks(c: Config) -> list[_Check]:
         ("model.gate_init_scale", "positive", lambda: m.gate_init_scale > 0, ()),
         ("model.normalization_epsilon", "positive", lambda: m.normalization_epsilon > 0, ()),
         ("model.l2_factor", "non-negative", lambda: m.l2_factor >= 0, ()),
+    ]
+
+
+def _augmentation_checks(c: Config) -> list[_Check]:
+    """The range and relation checks of ``augmentation.*`` keys."""
+    a = c.augmentation
+    return [
         ("augmentation.mirror_probability", "in [0, 1]", lambda: 0.0 <= a.mirror_probability <= 1.0, ()),
         ("augmentation.rotation_range", "two values [low, high] with low <= high",
          lambda: _interval(a.rotation_range), ()),
@@ -912,6 +1119,13 @@ def _range_checks(c: Config) -> list[_Check]:
          lambda: _interval(a.gamma_range, allow_none=True) and (a.gamma_range is None or a.gamma_range[0] > 0), ()),
         ("augmentation.per_frame_shift", "non-negative", lambda: a.per_frame_shift >= 0, ()),
         ("augmentation.per_frame_scale", "in [0, 1)", lambda: 0.0 <= a.per_frame_scale < 1.0, ()),
+    ]
+
+
+def _loss_checks(c: Config) -> list[_Check]:
+    """The range and relation checks of ``loss.*`` keys."""
+    lo, m = c.loss, c.model
+    return [
         ("loss.max_instances", "at least 1", lambda: lo.max_instances >= 1, ()),
         ("loss.neighbour_radius", "non-negative", lambda: lo.neighbour_radius >= 0, ()),
         ("loss.neighbour_dilation", "non-negative", lambda: lo.neighbour_dilation >= 0, ()),
@@ -919,6 +1133,13 @@ def _range_checks(c: Config) -> list[_Check]:
          lambda: len(lo.hourglass_weights) == m.stacks and min(lo.hourglass_weights) >= 0, ("model.stacks",)),
         ("loss.background_weight", "non-negative", lambda: lo.background_weight >= 0, ()),
         ("loss.epsilon", "positive", lambda: lo.epsilon > 0.0, ()),
+    ]
+
+
+def _training_checks(c: Config) -> list[_Check]:
+    """The range and relation checks of ``training.*`` keys."""
+    t = c.training
+    return [
         ("training.iterations", "at least 1", lambda: t.iterations >= 1, ()),
         ("training.batch_size", "at least 1", lambda: t.batch_size >= 1, ()),
         ("training.learning_rate", "positive", lambda: t.learning_rate > 0, ()),
@@ -926,7 +1147,8 @@ def _range_checks(c: Config) -> list[_Check]:
         ("training.learning_rate_drop_fraction", "in [0, 1]", lambda: 0.0 <= t.learning_rate_drop_fraction <= 1.0,
          ()),
         ("training.adam_epsilon", "positive", lambda: t.adam_epsilon > 0, ()),
-        ("training.seed", "non-negative", lambda: t.seed >= 0, ()),
+        ("training.seed", "in 0 ... 2^32 - 1 (the seeds keras.utils.set_random_seed accepts)",
+         lambda: 0 <= t.seed < 2 ** 32, ()),
         ("training.checkpoint_every", "at least 1", lambda: t.checkpoint_every >= 1, ()),
         ("training.max_checkpoints", "at least 1", lambda: t.max_checkpoints >= 1, ()),
         ("training.snapshot_every", "non-negative (0 = no snapshots)", lambda: t.snapshot_every >= 0, ()),
@@ -935,6 +1157,14 @@ def _range_checks(c: Config) -> list[_Check]:
         ("training.validation_every", "non-negative (0 = no validation)", lambda: t.validation_every >= 0, ()),
         ("training.validation_samples", "a positive multiple of training.batch_size",
          lambda: t.validation_samples >= 1 and t.validation_samples % t.batch_size == 0, ("training.batch_size",)),
+    ]
+
+
+def _inference_checks(c: Config) -> list[_Check]:
+    """The range and relation checks of ``inference.*`` keys."""
+    i = c.inference
+    grid = _grid(c.model)
+    return [
         ("inference.tile_size", f"null or two positive integers, divisible by 2^(model.levels-1) = {grid} unless "
                                 f"inference.full_frame",
          lambda: i.tile_size is None
@@ -946,6 +1176,13 @@ def _range_checks(c: Config) -> list[_Check]:
         ("inference.encoding_cache_mb", "non-negative (0 = no reuse)", lambda: i.encoding_cache_mb >= 0, ()),
         ("inference.threads", "non-negative (0 = all available cores)", lambda: i.threads >= 0, ()),
         ("inference.checkpoint_every", "non-negative (0 = no checkpoints)", lambda: i.checkpoint_every >= 0, ()),
+    ]
+
+
+def _postprocessing_checks(c: Config) -> list[_Check]:
+    """The range and relation checks of ``postprocessing.*`` keys."""
+    p = c.postprocessing
+    return [
         ("postprocessing.bandwidth", "in (0, 2) (a cosine distance)", lambda: 0.0 < p.bandwidth < 2.0, ()),
         ("postprocessing.background_threshold", "in (0, 1)", lambda: 0.0 < p.background_threshold < 1.0, ()),
         ("postprocessing.coordinate_factor", "non-negative", lambda: p.coordinate_factor >= 0, ()),
@@ -959,6 +1196,13 @@ def _range_checks(c: Config) -> list[_Check]:
         ("postprocessing.hdbscan_coordinate_factor", "non-negative", lambda: p.hdbscan_coordinate_factor >= 0, ()),
         ("postprocessing.merge_overlap_fraction", "in [0, 1)", lambda: 0.0 <= p.merge_overlap_fraction < 1.0, ()),
         ("postprocessing.merge_ignore_border", "non-negative", lambda: p.merge_ignore_border >= 0, ()),
+    ]
+
+
+def _tracking_checks(c: Config) -> list[_Check]:
+    """The range and relation checks of ``tracking.*`` keys."""
+    tr = c.tracking
+    return [
         ("tracking.link_iou_threshold", "in [0, 1]", lambda: 0.0 <= tr.link_iou_threshold <= 1.0, ()),
         ("tracking.parent_iou_threshold", "in [0, 1]", lambda: 0.0 <= tr.parent_iou_threshold <= 1.0, ()),
         ("tracking.parent_dilation", "non-negative (0 = none)", lambda: tr.parent_dilation >= 0, ()),
@@ -966,7 +1210,17 @@ def _range_checks(c: Config) -> list[_Check]:
         ("tracking.min_track_length", "at least 1", lambda: tr.min_track_length >= 1, ()),
         ("tracking.merge_search_frames", "non-negative", lambda: tr.merge_search_frames >= 0, ()),
         ("tracking.label_gaussian_sigma", "positive", lambda: tr.label_gaussian_sigma > 0, ()),
+    ]
+
+
+def _experiment_checks(c: Config) -> list[_Check]:
+    """The range and relation checks of ``experiment.*`` keys."""
+    e, d = c.experiment, c.data
+    return [
+        ("experiment.output_dir", "a non-empty path", lambda: e.output_dir.strip() != "", ()),
         ("experiment.cv_iterations", "at least 1", lambda: e.cv_iterations >= 1, ()),
+        ("experiment.test_sequences", "a non-empty list of sequence names in holdout mode (the evaluated ones)",
+         lambda: e.mode != "holdout" or len(e.test_sequences) >= 1, ("experiment.mode",)),
         ("experiment.split_frame", "at least data.sequence_length in time_split mode (frames to train on)",
          lambda: e.mode != "time_split" or e.split_frame >= d.sequence_length,
          ("experiment.mode", "data.sequence_length")),
@@ -976,45 +1230,102 @@ def _range_checks(c: Config) -> list[_Check]:
     ]
 
 
+#: The checks of each section, in file order; a check is listed under the section of the key it reports, and may
+#: read keys of other sections (named in its fourth element).
+SECTION_CHECKS: dict[str, typing.Callable[[Config], list[_Check]]] = {
+    "data": _data_checks,
+    "model": _model_checks,
+    "augmentation": _augmentation_checks,
+    "loss": _loss_checks,
+    "training": _training_checks,
+    "inference": _inference_checks,
+    "postprocessing": _postprocessing_checks,
+    "tracking": _tracking_checks,
+    "experiment": _experiment_checks,
+}
+
+
 def _source_of(config: Config, keys: typing.Iterable[str], default: str) -> str:
     """Where the first of ``keys`` that a file or ``--set`` gave was set (``default`` when none was)."""
     sources = getattr(config, "sources", {})
     return next((sources[key] for key in keys if key in sources), default)
 
 
-def validate(config: Config, source: str = "config") -> None:
-    """Check value ranges and relations that types alone cannot express, all at once.
+def _section_types() -> dict[str, type]:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
 
-    A check whose test cannot even be evaluated (e.g. ``inference.tile_overlap`` while ``data.tile_size`` holds one
-    number) is left to the check of the broken key, which fails too.
+
+def _validate(config: Config, source: str, sections: typing.Iterable[str], problems: _Problems) -> None:
+    """Check the types, then the ranges and relations of ``sections``, adding to ``problems``; raise all at once."""
+    sections = tuple(sections)
+    types_of = _section_types()
+    for section in sections:
+        obj = getattr(config, section, None)
+        if not isinstance(obj, types_of[section]):
+            problems.add(f"{source}: section '{section}' must be a {types_of[section].__name__}, got {obj!r}",
+                         section)
+            continue
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            key = f"{section}.{f.name}"
+            value = getattr(obj, f.name)
+            if key in problems.keys:
+                continue
+            if not _conforms(value, hints[f.name]):
+                requirement = _type_name(hints[f.name])
+            elif not _all_finite(value):
+                requirement = "finite (no NaN or infinity)"
+            else:
+                continue
+            problems.add(f"{_source_of(config, (key,), source)}: key '{key}' must be {requirement}, got {value!r}",
+                         key)
+    refused = set(problems.keys)  # keys that kept an older value, and broken sections
+
+    def reads_refused(keys: tuple[str, ...]) -> bool:
+        return any(k in refused or k.split(".")[0] in refused for k in keys)
+
+    unevaluated: list[str] = []
+    for section in sections:
+        if section in refused:
+            continue
+        try:
+            checks = SECTION_CHECKS[section](config)
+        except AttributeError:  # another section is not a dataclass; reported above
+            continue
+        for key, requirement, ok, related in checks:
+            if reads_refused((key, *related)):
+                continue
+            where = _source_of(config, (key, *related), source)
+            try:
+                passed = bool(ok())
+            except (TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, OverflowError):
+                unevaluated.append(f"{where}: key '{key}' must be {requirement}")
+                continue
+            if not passed:
+                section_name, name = key.split(".")
+                value = getattr(getattr(config, section_name), name)
+                problems.add(f"{where}: key '{key}' must be {requirement}, got {value!r}", key)
+    if not problems.messages:
+        problems.messages.extend(unevaluated)
+    problems.raise_if_any()
+
+
+def validate(config: Config, source: str = "config", sections: Optional[typing.Iterable[str]] = None) -> None:
+    """Check every key's type, then value ranges and relations that types alone cannot express, all at once.
+
+    The checks of each section live in :data:`SECTION_CHECKS`. A check whose test cannot even be evaluated
+    (e.g. ``inference.tile_overlap`` while ``data.tile_size`` holds one number) is left to the check of the broken
+    key, which fails too.
 
     Args:
-        config: The configuration to check.
+        config: The configuration to check (also one built or changed in Python).
         source: Named in messages for keys that no file or ``--set`` gave (their defaults).
+        sections: Check only these sections (default: all); their checks may still read other sections.
 
     Raises:
         RshnError: Naming every offending key, its value and the file or ``--set`` it came from.
     """
-    problems: list[str] = []
-    unevaluated: list[str] = []
-    for key, requirement, ok, related in _range_checks(config):
-        try:
-            passed = bool(ok())
-        except (TypeError, ValueError, IndexError, ZeroDivisionError):
-            unevaluated.append(f"{_source_of(config, (key, *related), source)}: key '{key}' must be {requirement}")
-            continue
-        if not passed:
-            section, name = key.split(".")
-            value = getattr(getattr(config, section), name)
-            problems.append(f"{_source_of(config, (key, *related), source)}: key '{key}' must be {requirement}, "
-                            f"got {value!r}")
-    if not problems:
-        problems = unevaluated
-    problems = list(dict.fromkeys(problems))
-    if len(problems) == 1:
-        raise RshnError(problems[0])
-    if problems:
-        raise RshnError(f"{len(problems)} invalid config values:\n  " + "\n  ".join(problems))
+    _validate(config, source, SECTIONS if sections is None else sections, _Problems())
 
 
 def describe_keys() -> str:

@@ -9,10 +9,12 @@ concatenated with the L2-normalised embeddings of hourglass k-1, and every model
 * :class:`StackedHourglass` (SHN): still images (B, H, W, C) → (B, H, W, D) per hourglass.
 * :class:`VolumetricStackedHourglass`: a whole window (B, T, H, W, C) in one pass → (B, T, H, W, D) per hourglass.
 
-H and W must be multiples of 2^(levels-1). Build models with :func:`build_model` (from a
-:class:`~rshn_tf.config.ModelConfig`) or the explicit builders :func:`build_rshn`, :func:`build_shn` and
-:func:`build_volumetric_shn`, whose keyword defaults are the paper's values. Models are built on construction
-(``count_params()`` works at once); initialisation is deterministic after ``keras.utils.set_random_seed``.
+H and W must be multiples of 2^(levels-1). Every model is built from a :class:`~rshn_tf.config.ModelConfig`, the one
+home of its hyper-parameters (checked by the schema's ``model`` checks): :func:`build_model` picks the class from
+``model.architecture``; :func:`build_rshn`, :func:`build_shn` and :func:`build_volumetric_shn` take a config (default:
+the paper's values) and keyword overrides of its keys. ``get_config`` stores the config, so saved models rebuild
+from it. Models are built on construction (``count_params()`` works at once); initialisation is deterministic after
+``keras.utils.set_random_seed``.
 
 Streaming (RSHN only, §2.5): :meth:`RecurrentStackedHourglass.zero_states` and
 :meth:`RecurrentStackedHourglass.step` run one frame at a time with explicit states; :class:`RecurrentStream`
@@ -31,16 +33,15 @@ same config.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
 import keras
 from keras import ops
 
-from rshn_tf.config import ModelConfig
+from rshn_tf.config import Config, ModelConfig, config_from_dict, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.layers import DOWNSAMPLING_FACTOR, Hourglass, RecurrentStackCell, l2_normalize, stack_input
-
-_DEFAULTS = ModelConfig()
 
 #: Channels of the network input: CTC frames are single-channel grey values (§3.1).
 IMAGE_CHANNELS = 1
@@ -60,41 +61,68 @@ __all__ = [
 
 
 class _StackedHourglassModel(keras.Model):
-    """What the three models share: hyper-parameters, input checks, the config, normalised embeddings."""
+    """What the three models share: the ``ModelConfig`` they are built from, input checks, normalised embeddings.
+
+    Subclasses set ``architecture`` (the value of ``model.architecture`` they build).
+    """
+
+    architecture = "rshn"
 
     def __init__(
         self,
+        model_config: ModelConfig | dict[str, Any] | None = None,
         *,
-        stacks: int,
-        levels: int,
-        filters: int,
-        embedding_size: int,
-        kernel_size: int,
-        activation: str,
-        input_conv: bool,
-        output_kernel_size: int,
-        normalization_epsilon: float,
-        l2_factor: float,
-        input_channels: int,
+        input_channels: int = IMAGE_CHANNELS,
         **kwargs: Any,
     ) -> None:
+        """Check the hyper-parameters against the schema and keep them.
+
+        Args:
+            model_config: The ``model`` section (or its dict, as stored by ``get_config``); ``architecture`` is set to
+                the class's own, and a ``null`` ``input_conv`` to the architecture's default
+                (:func:`resolve_input_conv`). None: the paper's values.
+            input_channels: Channels of the input frames.
+            **kwargs: Passed to ``keras.Model`` (e.g. ``name``).
+
+        Raises:
+            RshnError: If a value is invalid (the schema's checks of the ``model`` section) or the channel count is
+                not positive.
+        """
         super().__init__(**kwargs)
-        if stacks < 1 or levels < 1 or filters < 1 or embedding_size < 1 or input_channels < 1:
-            raise RshnError(
-                "model: stacks, levels, filters, embedding_size and input channels must all be at least 1, got "
-                f"{stacks}, {levels}, {filters}, {embedding_size}, {input_channels}"
-            )
-        self.stacks = int(stacks)
-        self.levels = int(levels)
-        self.filters = int(filters)
-        self.embedding_size = int(embedding_size)
-        self.kernel_size = int(kernel_size)
-        self.activation = activation
-        self.use_input_conv = bool(input_conv)
-        self.output_kernel_size = int(output_kernel_size)
-        self.normalization_epsilon = float(normalization_epsilon)
-        self.l2_factor = float(l2_factor)
-        self.input_channels = int(input_channels)
+        if isinstance(model_config, dict):
+            model_config = config_from_dict({"model": model_config}, f"{type(self).__name__} config").model
+        config = dataclasses.replace(model_config or ModelConfig(), architecture=self.architecture)
+        config.input_conv = resolve_input_conv(config)
+        validate(Config(model=config), f"{type(self).__name__}", sections=["model"])
+        if not isinstance(input_channels, int) or input_channels < 1:
+            raise RshnError(f"{type(self).__name__}: input_channels must be a positive integer, got {input_channels!r}")
+        self.model_config = config
+        self.input_channels = input_channels
+
+    @property
+    def stacks(self) -> int:
+        """Stacked hourglasses."""
+        return self.model_config.stacks
+
+    @property
+    def levels(self) -> int:
+        """Levels per hourglass."""
+        return self.model_config.levels
+
+    @property
+    def filters(self) -> int:
+        """Filters of every convolution and ConvGRU."""
+        return self.model_config.filters
+
+    @property
+    def embedding_size(self) -> int:
+        """Embedding dimension D."""
+        return self.model_config.embedding_size
+
+    @property
+    def normalization_epsilon(self) -> float:
+        """ε of the L2 normalisation between hourglasses."""
+        return self.model_config.normalization_epsilon
 
     @property
     def size_multiple(self) -> int:
@@ -102,16 +130,11 @@ class _StackedHourglassModel(keras.Model):
         return DOWNSAMPLING_FACTOR ** (self.levels - 1)
 
     def _hourglass_kwargs(self) -> dict[str, Any]:
-        return dict(
-            filters=self.filters,
-            levels=self.levels,
-            embedding_size=self.embedding_size,
-            kernel_size=self.kernel_size,
-            activation=self.activation,
-            input_conv=self.use_input_conv,
-            output_kernel_size=self.output_kernel_size,
-            l2_factor=self.l2_factor,
-        )
+        """The arguments of every :class:`~rshn_tf.layers.Hourglass` that the config gives."""
+        c = self.model_config
+        return dict(filters=c.filters, levels=c.levels, embedding_size=c.embedding_size, kernel_size=c.kernel_size,
+                    activation=c.activation, input_conv=c.input_conv, output_kernel_size=c.output_kernel_size,
+                    l2_factor=c.l2_factor)
 
     def _check_input_shape(self, shape: Sequence[Optional[int]], what: str, time_axis: bool) -> None:
         """Raise RshnError for a wrong rank, channel count or a spatial size not divisible by 2^(levels-1)."""
@@ -144,19 +167,7 @@ class _StackedHourglassModel(keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            stacks=self.stacks,
-            levels=self.levels,
-            filters=self.filters,
-            embedding_size=self.embedding_size,
-            kernel_size=self.kernel_size,
-            activation=self.activation,
-            input_conv=self.use_input_conv,
-            output_kernel_size=self.output_kernel_size,
-            normalization_epsilon=self.normalization_epsilon,
-            l2_factor=self.l2_factor,
-            input_channels=self.input_channels,
-        )
+        config.update(model_config=dataclasses.asdict(self.model_config), input_channels=self.input_channels)
         return config
 
 
@@ -173,46 +184,23 @@ class RecurrentStackedHourglass(_StackedHourglassModel):
     whole padded frame. ``tf.function(model.step)`` does not retrace for repeated shapes.
     """
 
+    architecture = "rshn"
+
     def __init__(
         self,
+        model_config: ModelConfig | dict[str, Any] | None = None,
         *,
-        stacks: int = _DEFAULTS.stacks,
-        levels: int = _DEFAULTS.levels,
-        filters: int = _DEFAULTS.filters,
-        embedding_size: int = _DEFAULTS.embedding_size,
-        kernel_size: int = _DEFAULTS.kernel_size,
-        activation: str = _DEFAULTS.activation,
-        gru_activation: str = _DEFAULTS.gru_activation,
-        gate_init_scale: float = _DEFAULTS.gate_init_scale,
-        input_conv: bool = True,
-        output_kernel_size: int = _DEFAULTS.output_kernel_size,
-        normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
-        l2_factor: float = _DEFAULTS.l2_factor,
         input_channels: int = IMAGE_CHANNELS,
         unroll: bool = False,
         **kwargs: Any,
     ) -> None:
         """Create and build the model; see :func:`build_rshn` for the arguments."""
-        super().__init__(
-            stacks=stacks,
-            levels=levels,
-            filters=filters,
-            embedding_size=embedding_size,
-            kernel_size=kernel_size,
-            activation=activation,
-            input_conv=input_conv,
-            output_kernel_size=output_kernel_size,
-            normalization_epsilon=normalization_epsilon,
-            l2_factor=l2_factor,
-            input_channels=input_channels,
-            **kwargs,
-        )
-        self.gru_activation = gru_activation
-        self.gate_init_scale = float(gate_init_scale)
+        super().__init__(model_config, input_channels=input_channels, **kwargs)
         self.unroll = bool(unroll)
         hourglass_kwargs = self._hourglass_kwargs()
-        hourglass_kwargs.update(gru_activation=gru_activation, gate_init_scale=gate_init_scale)
-        cell = RecurrentStackCell(stacks, normalization_epsilon, hourglass_kwargs, name="hourglass_stack")
+        hourglass_kwargs.update(gru_activation=self.model_config.gru_activation,
+                                gate_init_scale=self.model_config.gate_init_scale)
+        cell = RecurrentStackCell(self.stacks, self.normalization_epsilon, hourglass_kwargs, name="hourglass_stack")
         self.time_loop = keras.layers.RNN(cell, return_sequences=True, unroll=self.unroll, name="time_loop")
         self.build((None, None, None, None, self.input_channels))
 
@@ -320,43 +308,27 @@ class RecurrentStackedHourglass(_StackedHourglassModel):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(gru_activation=self.gru_activation, gate_init_scale=self.gate_init_scale, unroll=self.unroll)
+        config.update(unroll=self.unroll)
         return config
 
 
 class _FeedForwardStack(_StackedHourglassModel):
     """Stacked hourglasses without states: the SHN (rank 2) and the volumetric SHN (rank 3).
 
-    Subclasses set ``rank`` and ``default_input_conv`` (whether each hourglass starts with a 1×1 convolution when
-    ``input_conv`` is None).
+    Subclasses set ``architecture`` and ``rank``.
     """
 
     rank = 2
-    default_input_conv = True
 
     def __init__(
         self,
+        model_config: ModelConfig | dict[str, Any] | None = None,
         *,
-        stacks: int = _DEFAULTS.stacks,
-        levels: int = _DEFAULTS.levels,
-        filters: int = _DEFAULTS.filters,
-        embedding_size: int = _DEFAULTS.embedding_size,
-        kernel_size: int = _DEFAULTS.kernel_size,
-        activation: str = _DEFAULTS.activation,
-        input_conv: Optional[bool] = None,
-        output_kernel_size: int = _DEFAULTS.output_kernel_size,
-        normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
-        l2_factor: float = _DEFAULTS.l2_factor,
         input_channels: int = IMAGE_CHANNELS,
         **kwargs: Any,
     ) -> None:
         """Create and build the model; see :func:`build_shn` and :func:`build_volumetric_shn` for the arguments."""
-        super().__init__(
-            stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
-            activation=activation, input_conv=self.default_input_conv if input_conv is None else input_conv,
-            output_kernel_size=output_kernel_size, normalization_epsilon=normalization_epsilon, l2_factor=l2_factor,
-            input_channels=input_channels, **kwargs,
-        )
+        super().__init__(model_config, input_channels=input_channels, **kwargs)
         hourglass_kwargs = self._hourglass_kwargs()
         hourglass_kwargs.update(parallel="conv", rank=self.rank)
         self.hourglasses = [Hourglass(**hourglass_kwargs, name=f"hourglass_{k}") for k in range(self.stacks)]
@@ -386,8 +358,8 @@ class _FeedForwardStack(_StackedHourglassModel):
 class StackedHourglass(_FeedForwardStack):
     """The non-recurrent stacked hourglass (§5.1): each ConvGRU replaced by one convolution; (B, H, W, C) input."""
 
+    architecture = "shn"
     rank = 2
-    default_input_conv = True
 
 
 @keras.saving.register_keras_serializable(package="rshn_tf")
@@ -395,8 +367,8 @@ class VolumetricStackedHourglass(_FeedForwardStack):
     """The volumetric baseline of Table 3 (§5.2; notes §2.1): k×k×k convolutions in all three paths, pooling and
     upsampling (1, 2, 2) so time is never pooled; a whole window (B, T, H, W, C) in one pass, no states."""
 
+    architecture = "volumetric"
     rank = 3
-    default_input_conv = False
 
 
 class RecurrentStream:
@@ -449,98 +421,66 @@ class RecurrentStream:
 # Builders
 
 
+def _with(model_config: Optional[ModelConfig], overrides: dict[str, Any], builder: str) -> ModelConfig:
+    """``model_config`` (default: the paper's values) with keyword overrides of its keys."""
+    config = model_config or ModelConfig()
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise RshnError(f"{builder}: unknown model keys {', '.join(unknown)}; the keys are those of ModelConfig")
+    return dataclasses.replace(config, **overrides)
+
+
 def build_rshn(
+    model_config: Optional[ModelConfig] = None,
     *,
-    stacks: int = _DEFAULTS.stacks,
-    levels: int = _DEFAULTS.levels,
-    filters: int = _DEFAULTS.filters,
-    embedding_size: int = _DEFAULTS.embedding_size,
-    kernel_size: int = _DEFAULTS.kernel_size,
-    activation: str = _DEFAULTS.activation,
-    gru_activation: str = _DEFAULTS.gru_activation,
-    gate_init_scale: float = _DEFAULTS.gate_init_scale,
-    input_conv: bool = True,
-    output_kernel_size: int = _DEFAULTS.output_kernel_size,
-    normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
-    l2_factor: float = _DEFAULTS.l2_factor,
     input_channels: int = IMAGE_CHANNELS,
     unroll: bool = False,
     name: str = "rshn",
+    **overrides: Any,
 ) -> RecurrentStackedHourglass:
     """Build the recurrent stacked hourglass network; defaults are the paper's (4,136,608 parameters).
 
     Args:
-        stacks: Stacked hourglasses (§2.1: 2).
-        levels: Levels per hourglass (§3.1: 7).
-        filters: Filters of every convolution and ConvGRU (§2.1: 64).
-        embedding_size: Embedding dimension D (§3.1: 16).
-        kernel_size: Kernel size of level convolutions and ConvGRUs (§2.1: 3).
-        activation: Activation of the convolutions (§3.1: ReLU).
-        gru_activation: Candidate activation of the ConvGRUs (§3.1: ReLU).
-        gate_init_scale: Variance-scaling factor of the gate kernels (code: 1.0; 0 = zeros as in MICCAI 2018).
-        input_conv: Per-hourglass 1×1 input convolution (code: yes).
-        output_kernel_size: Kernel size of the linear output convolution (code: 1).
-        normalization_epsilon: ε of the L2 normalisation between hourglasses (code: 1e-4).
-        l2_factor: λ of the weight decay λ·Σw²/2 on kernels (§3.1: 1e-5); ``sum(model.losses)`` is that term.
+        model_config: The ``model`` section (:class:`~rshn_tf.config.ModelConfig`: stacks, levels, filters,
+            embedding size, kernel sizes, activations, gate initialisation, input convolution, normalisation ε and
+            weight decay, each documented there); None: the paper's values.
         input_channels: Channels of the input frames (1).
         unroll: Unroll the time loop in Python instead of a symbolic loop (needs a static T; slower tracing).
         name: Model name (prefix of every variable path).
+        **overrides: Keys of ``ModelConfig`` that replace those of ``model_config``, e.g. ``levels=3, filters=8``.
+
+    Raises:
+        RshnError: For an unknown key or an invalid value.
     """
-    return RecurrentStackedHourglass(
-        stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
-        activation=activation, gru_activation=gru_activation, gate_init_scale=gate_init_scale, input_conv=input_conv,
-        output_kernel_size=output_kernel_size, normalization_epsilon=normalization_epsilon, l2_factor=l2_factor,
-        input_channels=input_channels, unroll=unroll, name=name,
-    )
+    config = _with(model_config, overrides, "build_rshn")
+    return RecurrentStackedHourglass(config, input_channels=input_channels, unroll=unroll, name=name)
 
 
 def build_shn(
+    model_config: Optional[ModelConfig] = None,
     *,
-    stacks: int = _DEFAULTS.stacks,
-    levels: int = _DEFAULTS.levels,
-    filters: int = _DEFAULTS.filters,
-    embedding_size: int = _DEFAULTS.embedding_size,
-    kernel_size: int = _DEFAULTS.kernel_size,
-    activation: str = _DEFAULTS.activation,
-    input_conv: bool = True,
-    output_kernel_size: int = _DEFAULTS.output_kernel_size,
-    normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
-    l2_factor: float = _DEFAULTS.l2_factor,
     input_channels: int = IMAGE_CHANNELS,
     name: str = "shn",
+    **overrides: Any,
 ) -> StackedHourglass:
-    """Build the non-recurrent stacked hourglass for still images (§5.1); arguments as in :func:`build_rshn`."""
-    return StackedHourglass(
-        stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
-        activation=activation, input_conv=input_conv, output_kernel_size=output_kernel_size,
-        normalization_epsilon=normalization_epsilon, l2_factor=l2_factor, input_channels=input_channels, name=name,
-    )
+    """Build the non-recurrent stacked hourglass for still images (§5.1); arguments as in :func:`build_rshn`
+    (``gru_activation`` and ``gate_init_scale`` are not used)."""
+    return StackedHourglass(_with(model_config, overrides, "build_shn"), input_channels=input_channels, name=name)
 
 
 def build_volumetric_shn(
+    model_config: Optional[ModelConfig] = None,
     *,
-    stacks: int = _DEFAULTS.stacks,
-    levels: int = _DEFAULTS.levels,
-    filters: int = _DEFAULTS.filters,
-    embedding_size: int = _DEFAULTS.embedding_size,
-    kernel_size: int = _DEFAULTS.kernel_size,
-    activation: str = _DEFAULTS.activation,
-    input_conv: bool = False,
-    output_kernel_size: int = _DEFAULTS.output_kernel_size,
-    normalization_epsilon: float = _DEFAULTS.normalization_epsilon,
-    l2_factor: float = _DEFAULTS.l2_factor,
     input_channels: int = IMAGE_CHANNELS,
     name: str = "volumetric_shn",
+    **overrides: Any,
 ) -> VolumetricStackedHourglass:
     """Build the volumetric stacked hourglass of Table 3 (§5.2): kernel_size³ convolutions, no input conv (code).
 
     Arguments as in :func:`build_rshn`; ``kernel_size`` and ``output_kernel_size`` are cubed.
     """
-    return VolumetricStackedHourglass(
-        stacks=stacks, levels=levels, filters=filters, embedding_size=embedding_size, kernel_size=kernel_size,
-        activation=activation, input_conv=input_conv, output_kernel_size=output_kernel_size,
-        normalization_epsilon=normalization_epsilon, l2_factor=l2_factor, input_channels=input_channels, name=name,
-    )
+    return VolumetricStackedHourglass(_with(model_config, overrides, "build_volumetric_shn"),
+                                      input_channels=input_channels, name=name)
 
 
 def resolve_input_conv(model_config: ModelConfig) -> bool:
@@ -571,28 +511,12 @@ def build_model(
     Raises:
         RshnError: For an unknown architecture.
     """
-    common = dict(
-        stacks=model_config.stacks,
-        levels=model_config.levels,
-        filters=model_config.filters,
-        embedding_size=model_config.embedding_size,
-        kernel_size=model_config.kernel_size,
-        activation=model_config.activation,
-        input_conv=resolve_input_conv(model_config),
-        output_kernel_size=model_config.output_kernel_size,
-        normalization_epsilon=model_config.normalization_epsilon,
-        l2_factor=model_config.l2_factor,
-        input_channels=input_channels,
-    )
-    if model_config.architecture == "rshn":
-        return build_rshn(
-            **common, gru_activation=model_config.gru_activation, gate_init_scale=model_config.gate_init_scale,
-            unroll=unroll,
+    classes = {"rshn": RecurrentStackedHourglass, "shn": StackedHourglass, "volumetric": VolumetricStackedHourglass}
+    if model_config.architecture not in classes:
+        raise RshnError(
+            f"model.architecture must be one of 'rshn', 'shn', 'volumetric', got {model_config.architecture!r}"
         )
-    if model_config.architecture == "shn":
-        return build_shn(**common)
-    if model_config.architecture == "volumetric":
-        return build_volumetric_shn(**common)
-    raise RshnError(
-        f"model.architecture must be one of 'rshn', 'shn', 'volumetric', got {model_config.architecture!r}"
-    )
+    extra = {"unroll": unroll} if model_config.architecture == "rshn" else {}
+    default_names = {"rshn": "rshn", "shn": "shn", "volumetric": "volumetric_shn"}
+    return classes[model_config.architecture](model_config, input_channels=input_channels,
+                                              name=default_names[model_config.architecture], **extra)

@@ -69,3 +69,15 @@ def test_module_entry_point():
     assert "OK  PhC-C2DH-U373" in result.stdout
 
 
+
+
+def test_a_missing_tensorflow_names_the_install_extras(tmp_path):
+    """An install without the [cpu] or [gpu] extra has no TensorFlow: the verb that needs it says how to get it."""
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+            "from rshn_tf.cli import main\n"
+            f"sys.exit(main(['train', 'demo', '--model-dir', {str(tmp_path / 'model')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "rshn train: error: TensorFlow is not installed" in result.stderr
+    assert 'pip install "rshn-tf[cpu]"' in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "model").exists()
