@@ -37,6 +37,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from rshn_tf.atomic import write_text_atomic
 from rshn_tf.errors import RshnError
 
 #: The six CTC datasets evaluated in the paper (§4.2, Table 1); each has a preset YAML in ``experiments/``.
@@ -909,14 +910,8 @@ def config_yaml(config: Config) -> str:
 
 def save_config(config: Config, path: str | os.PathLike) -> Path:
     """Write the fully resolved configuration as YAML (atomically), with its ``schema_version``, and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     header = "# Resolved rshn-tf configuration: every key, after presets and --set overrides.\n"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(header + config_yaml(config))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, header + config_yaml(config))
 
 
 def resolve_predict_config(model_config: Config, overrides: typing.Sequence[str]) -> Config:
