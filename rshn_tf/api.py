@@ -102,6 +102,10 @@ class RSHN:
         config = resolve_predict_config(ModelFolder(path).read_config(), override_texts(overrides))
         return cls(config, folder=path, weights=weights)
 
+    def __repr__(self) -> str:
+        where = f"folder={str(self.folder)!r}, weights={self.weights!r}" if self.folder is not None else "network"
+        return f"RSHN({where}, architecture={self.config.model.architecture!r})"
+
     @property
     def network(self) -> Any:
         """The Keras network, loaded from the model folder on first use."""

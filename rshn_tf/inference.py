@@ -653,9 +653,3 @@ def _state_specs(model: Any, layout: TileLayout | FullFrameLayout) -> list[list[
     height, width = layout.input_shape
     return [[tf.TensorSpec((None, height >> level, width >> level, model.filters), tf.float32)
              for level in range(model.levels)] for _ in range(model.stacks)]
-
-
-def embed_pairs(model: Any, config: Config, source: FrameSource) -> Iterator[PairEmbeddings]:
-    """The embeddings of all frame pairs of ``source`` in order (the network part of ``rshn predict``)."""
-    layout = make_layout(GridGeometry.of(source.original_shape, config), config)
-    return PairEmbedder(model, config, layout).pairs(source)

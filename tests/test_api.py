@@ -159,6 +159,7 @@ def test_from_folder_checks_the_weights_and_loads_the_network_on_first_use(model
         RSHN(load_config(model_dir / "config.yaml"))
     model = RSHN.from_folder(model_dir, weights="last")
     assert model._network is None
+    assert repr(model) == f"RSHN(folder={str(model_dir)!r}, weights='last', architecture='rshn')"
     assert model.network.count_params() > 0 and model.network is model.network
 
 
