@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from data_io.synthetic import write_synthetic_dataset
     from rshn_tf.evaluation import evaluate_result
-    from rshn_tf.inference import predict
+    from rshn_tf.predict_folder import predict
 
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.data

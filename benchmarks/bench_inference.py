@@ -3,7 +3,7 @@
 Sections (each measurement runs in its own subprocess, so its peak resident memory ``ru_maxrss`` is its own and
 TensorFlow's thread settings apply from the start):
 
-* ``speed``: ``rshn predict`` (:func:`rshn_tf.inference.predict`) on DIC-C2DH-HeLa 02 with the paper network
+* ``speed``: ``rshn predict`` (:func:`rshn_tf.predict_folder.predict`) on DIC-C2DH-HeLa 02 with the paper network
   (``DIC-C2DH-HeLa`` preset: 2 hourglasses, 7 levels, 64 filters; 512 × 512 frames resampled to 256 × 256 = one
   tile). Random weights unless ``--model`` names a trained model folder: the network costs the same, but the
   post-processing of random embeddings is not representative of a trained model (``--model`` for that).
@@ -233,7 +233,7 @@ class RssSampler:
 
 
 def worker_predict(args: argparse.Namespace) -> dict:
-    from rshn_tf.inference import predict
+    from rshn_tf.predict_folder import predict
 
     with RssSampler(log=args.rss_log) as sampler:
         result = predict(args.model, args.input, args.output, overrides=args.set, progress=bool(args.rss_log))
@@ -272,7 +272,9 @@ def worker_baseline(args: argparse.Namespace) -> dict:
     import tensorflow as tf
 
     from data_io.ctc import list_frames
-    from rshn_tf.inference import FrameSource, TileLayout, configure_threads
+    from rshn_tf.api import configure_threads
+    from rshn_tf.geometry import GridGeometry
+    from rshn_tf.inference import FrameSource, TileLayout
     from rshn_tf.model_folder import load_trained_model
 
     model, config = load_trained_model(args.model)
@@ -280,7 +282,7 @@ def worker_baseline(args: argparse.Namespace) -> dict:
     files = list_frames(args.input)
     length = config.data.sequence_length
     source = FrameSource(files.paths[:length + args.windows - 1], config.data, files.shape)
-    layout = TileLayout(source.shape, config)
+    layout = TileLayout(GridGeometry.of(files.shape, config))
     tiles = [layout.inputs(source[t]) for t in range(len(source))]
     step = tf.function(model.step)
     warm = tf.constant(tiles[0][:1])

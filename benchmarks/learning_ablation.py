@@ -234,7 +234,7 @@ def predict_and_score(model_dir: Path, test_root: Path, seq: str, res_dir: Path,
     """Predict ``test_root/seq`` into ``res_dir``, score it against ``seq_GT``, write ``scores_path``."""
     from rshn_tf.evaluation import evaluate_result
     from rshn_tf.atomic import write_json_atomic
-    from rshn_tf.inference import predict
+    from rshn_tf.predict_folder import predict
 
     tic = time.perf_counter()
     predict(model_dir, test_root / seq, res_dir, overrides=predict_sets, weights=weights)

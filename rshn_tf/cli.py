@@ -114,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment and track a sequence with a trained model."""
-    from rshn_tf.inference import predict
+    from rshn_tf.predict_folder import predict
 
     result = predict(args.model, args.input, args.output, overrides=args.overrides, weights=args.weights,
                      save_embeddings=args.save_embeddings, resume=args.resume)

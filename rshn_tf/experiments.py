@@ -645,14 +645,14 @@ def _predict_action(config: Config, model_dir: Path, input_dir: Path, res_dir: P
 
 def predict_into(model_dir: Path, input_dir: Path, res_dir: Path, embeddings_dir: Optional[Path],
                  weights: str = "last") -> dict:
-    """``rshn predict`` of a model folder on one sequence (:func:`rshn_tf.inference.predict`), with the model
+    """``rshn predict`` of a model folder on one sequence (:func:`rshn_tf.predict_folder.predict`), with the model
     folder's configuration; the embeddings are saved when ``embeddings_dir`` is given (written atomically there).
     A prediction killed with the experiment continues from its last checkpoint when the step runs again.
 
     Returns:
         Information for the done-marker: frames and seconds per stage.
     """
-    from rshn_tf.inference import predict
+    from rshn_tf.predict_folder import predict
 
     result = predict(model_dir, input_dir, res_dir, weights=weights, save_embeddings=embeddings_dir, resume=True)
     return {"frames": result.num_frames, "frame_steps": result.frame_steps,

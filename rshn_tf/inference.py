@@ -1,26 +1,35 @@
-"""Network inference over a whole video: sliding windows, tiles and ConvGRU states → frame-pair embeddings
-(paper §2.4, §2.5, §4.2; reference notes §1.5, §5.1, §5.2), and ``rshn predict`` on top of it.
+"""The network engine: a video's frames → the embeddings of every consecutive frame pair, by sliding windows, tiles
+and ConvGRU states (paper §2.4, §2.5, §4.2; reference notes §1.5, §5.1, §5.2).
 
-Frames are read one at a time, smoothed and robustly normalised at their original resolution and resampled to the
-network grid (:mod:`data_io.preprocess`); a rolling buffer keeps only the frames of the current window.
+This module only runs the network. What happens to the pairs (post-processing, saving, checkpoints) is up to the
+caller: the Python API :class:`rshn_tf.api.RSHN` and ``rshn predict`` (:mod:`rshn_tf.predict_folder`).
+
+Frames (:class:`FrameSource`) are raw arrays or files read one at a time, smoothed and robustly normalised at their
+original resolution and resampled to the network grid (:mod:`data_io.preprocess`); a rolling buffer keeps only the
+frames of the current window. The grids of a video (original size, network grid, inference tiles) are one
+:class:`~rshn_tf.geometry.GridGeometry`, which the post-processing shares.
 
 Windows (§2.5): the video is cut into windows of l = ``data.sequence_length`` frames shifted by one frame; the
 ConvGRU states are reset to zero at the start of every window, and each window runs its frames in order. The first
 window gives the pairs ⟨0, 1⟩ … ⟨l−2, l−1⟩ (the paper's sequences of length 2 … l−1 for the first l−2 frames are
 prefixes of it, and the network is causal, so their last pairs are exactly these), every later window j only its
-last pair ⟨j+l−2, j+l−1⟩: T − 1 pairs in all, handed to the post-processing in frame order as soon as they exist.
-A video shorter than l frames (T ≥ 2) is one window of length T. A one-frame video is one window of length 1 and
-the single pair ⟨0, 0⟩ (the frame with itself; see :class:`~rshn_tf.postprocess.PostProcessor`, ``single_frame``).
+last pair ⟨j+l−2, j+l−1⟩: T − 1 pairs in all, yielded in frame order as soon as they exist. A video shorter than l
+frames (T ≥ 2) is one window of length T. A one-frame video is one window of length 1 and the single pair ⟨0, 0⟩
+(the frame with itself; see :class:`~rshn_tf.postprocess.PostProcessor`, ``single_frame``). Every window starts
+from zero states, so a resumed run can start at the first window that gives a missing pair
+(:meth:`PairEmbedder.pairs` ``start``) and get exactly the pairs of a run from the first frame.
 
 Spatial layouts (``inference.full_frame``):
 
-* tiles (paper, default): every network-grid frame is cut into inference tiles (``inference.tile_size``, by
-  default ``data.tile_size``) overlapping by ``inference.tile_overlap`` (§4.2: 256 × 256, 128), padded with -1 (the normalised intensity outside the image)
-  where a tile reaches past a small image. Each tile keeps its own ConvGRU states, and the post-processing clusters
-  each tile's own embeddings (:meth:`~rshn_tf.postprocess.PostProcessor.add_pair_tiles`), as in the paper.
-* full frame: the whole frame, padded with -1 to a multiple of 2^(levels−1), runs as one input; the tiles for the
-  clustering are cut from its embeddings (:meth:`~rshn_tf.postprocess.PostProcessor.add_pair`). Fewer pixels run
-  through the network (no overlap) but every pixel sees the whole frame as context, so results differ slightly.
+* tiles (paper, default): every network-grid frame is cut into the inference tiles of the geometry
+  (``inference.tile_size``, by default ``data.tile_size``, overlapping by ``inference.tile_overlap``; §4.2:
+  256 × 256, 128), padded with -1 (the normalised intensity outside the image) where a tile reaches past a small
+  image. Each tile keeps its own ConvGRU states, and each pair gives each tile's own embeddings
+  (:meth:`PairEmbeddings.tiles`), which the post-processing clusters tile by tile, as in the paper.
+* full frame: the whole frame, padded with -1 to a multiple of 2^(levels−1), runs as one input; a pair gives only
+  the whole network grid (:meth:`PairEmbeddings.grid`) and the post-processing cuts the tiles from it. Fewer
+  pixels run through the network (no overlap) but every pixel sees the whole frame as context, so results differ
+  slightly.
 
 Batching (``inference.batch_tiles``, ``inference.max_batch_tiles``, default one tile per call as in the authors'
 loop): the tiles of a frame go through one ``tf.function`` call per batch of up to ``max_batch_tiles`` tiles (the
@@ -38,39 +47,26 @@ has no temporal context, so each frame runs once and consecutive frames form the
 window would give); the volumetric network runs each window (B, l, h, w, 1) in one pass, and pairs are taken from
 its output volume like for the RSHN (notes §2.1).
 
-``rshn predict`` = :func:`predict`; :func:`embed_pairs` is the network part alone (for tests and benchmarks). With
-``inference.overlap_postprocessing`` :func:`predict` post-processes each pair in a worker thread while the network
-computes the next (:func:`consume_pairs`). Finished frames go to disk beside the output and the post-processing
-state is checkpointed there (:mod:`rshn_tf.run_folder`); a resumed run starts the network at the first window that
-gives a missing pair (:meth:`PairEmbedder.pairs` ``start``), which is exact because every window starts from zero
-states.
+TensorFlow is imported inside the functions that run the network.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ctc_submission.writer import check_result_target, swap_in
-from data_io.ctc import FrameFiles, list_frames, read_frame
+from data_io.ctc import read_frame
 from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
-from rshn_tf.config import Config, DataConfig, resolve_predict_config, save_config
-from rshn_tf.console import progress_bar
+from rshn_tf.config import Config, DataConfig
 from rshn_tf.errors import RshnError
-from rshn_tf.label_store import fsync_written, save_atomically
-from rshn_tf.output_lock import claim_output
-from rshn_tf.postprocess import PostProcessor, checkpoint_due, resumable
-from rshn_tf.run_folder import RunFolder, partial_path
-from rshn_tf.tiling import TileGrid, extract_tiles, tile_grid
+from rshn_tf.geometry import GridGeometry
+from rshn_tf.tiling import TileGrid, extract_tiles
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +132,22 @@ def plan_windows(num_frames: int, sequence_length: int) -> list[Window]:
 
 
 class FrameSource:
-    """The network-grid frames of a sequence folder, read and preprocessed on demand and kept only while needed.
+    """The network-grid frames of a video, preprocessed on demand and kept only while needed.
+
+    Every frame goes through the same steps whatever its origin: smoothing and robust normalisation at the original
+    resolution (:func:`data_io.preprocess.preprocess_frame`), then resampling to the network grid
+    (:func:`data_io.preprocess.to_network_grid`).
 
     Args:
-        paths: Frame files in order (from :func:`data_io.ctc.list_frames`).
+        frames: The raw frames in order: (H, W) arrays (e.g. a (T, H, W) array), or frame files (from
+            :func:`data_io.ctc.list_frames`) read with :func:`data_io.ctc.read_frame` when they are needed.
         config: Data settings (smoothing, normalisation, network grid).
         original_shape: Size (height, width) of the raw frames.
     """
 
-    def __init__(self, paths: Sequence[Path], config: DataConfig, original_shape: Sequence[int]):
-        self.paths = list(paths)
+    def __init__(self, frames: Sequence[np.ndarray | str | os.PathLike], config: DataConfig,
+                 original_shape: Sequence[int]):
+        self.frames = frames
         self.config = config
         self.original_shape = (int(original_shape[0]), int(original_shape[1]))
         self.shape = network_shape(self.original_shape, config)
@@ -153,15 +155,17 @@ class FrameSource:
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.frames)
 
     def __getitem__(self, t: int) -> np.ndarray:
         """Frame t on the network grid, float32 (h, w)."""
         if t not in self._cache:
             start = time.perf_counter()
-            raw = read_frame(self.paths[t], t)
+            item = self.frames[t]
+            raw = item if isinstance(item, np.ndarray) else read_frame(item, t)
             if raw.shape != self.original_shape:
-                raise RshnError(f"{self.paths[t]}: frame shape {raw.shape} differs from {self.original_shape}")
+                name = f"frame {t}" if isinstance(item, np.ndarray) else str(item)
+                raise RshnError(f"{name}: frame shape {raw.shape} differs from {self.original_shape}")
             mid = time.perf_counter()
             self._cache[t] = to_network_grid(preprocess_frame(raw, self.config), self.config)
             self.timings["reading"] += mid - start
@@ -210,13 +214,18 @@ def central_owner(grid: TileGrid) -> np.ndarray:
 
 
 class TileLayout:
-    """Tiles mode: the network runs on the tiles of the network-grid frame (§2.4, §4.2; notes §5.2)."""
+    """Tiles mode: the network runs on the inference tiles of the network-grid frame (§2.4, §4.2; notes §5.2).
+
+    Args:
+        geometry: The grids of the video (the tiles are ``geometry.tiles``).
+    """
 
     full_frame = False
 
-    def __init__(self, shape: Sequence[int], config: Config):
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.grid = tile_grid(self.shape, config.inference_tile_size, config.inference.tile_overlap)
+    def __init__(self, geometry: GridGeometry):
+        self.geometry = geometry
+        self.shape = geometry.shape
+        self.grid = geometry.tiles
         self.input_shape = self.grid.tile_size
         self._owner: Optional[np.ndarray] = None
 
@@ -229,9 +238,9 @@ class TileLayout:
         """(n_tiles, th, tw, 1) float32 tiles of a network-grid frame, padded with -1 outside the image."""
         return extract_tiles(frame, self.grid, pad_value=OUTSIDE_VALUE)[..., None]
 
-    def add_to(self, processor: PostProcessor, first: np.ndarray, second: np.ndarray) -> None:
-        """Give the pair to the post-processing tile by tile (each tile's own embeddings)."""
-        processor.add_pair_tiles([np.stack([a, b]) for a, b in zip(first, second)])
+    def pair_tiles(self, first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
+        """Each tile's own (2, th, tw, D) embeddings of the pair, in the order of the tile grid."""
+        return [np.stack([a, b]) for a, b in zip(first, second)]
 
     def full_pair(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """(2, H, W, D) float32 pair on the network grid, each pixel from the tile where it lies most centrally."""
@@ -246,12 +255,18 @@ class TileLayout:
 
 
 class FullFrameLayout:
-    """Full-frame mode: the network runs on the whole frame, padded with -1 to a multiple of 2^(levels−1)."""
+    """Full-frame mode: the network runs on the whole frame, padded with -1 to a multiple of 2^(levels−1).
+
+    Args:
+        geometry: The grids of the video (the frame is ``geometry.shape``).
+        multiple: The padded size is a multiple of this (2^(levels−1)).
+    """
 
     full_frame = True
 
-    def __init__(self, shape: Sequence[int], multiple: int):
-        self.shape = (int(shape[0]), int(shape[1]))
+    def __init__(self, geometry: GridGeometry, multiple: int):
+        self.geometry = geometry
+        self.shape = geometry.shape
         padded = tuple(-(-s // multiple) * multiple for s in self.shape)
         self.input_shape = padded
         self.pad = tuple(((p - s) // 2, p - s - (p - s) // 2) for p, s in zip(padded, self.shape))
@@ -267,16 +282,16 @@ class FullFrameLayout:
         """(2, H, W, D) float32 pair cropped back to the network grid."""
         return np.stack([first[0][self.crop], second[0][self.crop]]).astype(np.float32, copy=False)
 
-    def add_to(self, processor: PostProcessor, first: np.ndarray, second: np.ndarray) -> None:
-        """Give the whole-frame pair to the post-processing, which cuts the tiles from it."""
-        processor.add_pair(self.full_pair(first, second))
+    def pair_tiles(self, first: np.ndarray, second: np.ndarray) -> None:
+        """None: the network ran on the whole frame, so the tiles are to be cut from :meth:`full_pair`."""
+        return None
 
 
-def make_layout(shape: Sequence[int], config: Config) -> TileLayout | FullFrameLayout:
-    """The layout selected by ``inference.full_frame`` for a network grid of size ``shape``."""
+def make_layout(geometry: GridGeometry, config: Config) -> TileLayout | FullFrameLayout:
+    """The layout selected by ``inference.full_frame`` for the grids ``geometry`` of a video."""
     if config.inference.full_frame:
-        return FullFrameLayout(shape, 2 ** (config.model.levels - 1))
-    return TileLayout(shape, config)
+        return FullFrameLayout(geometry, 2 ** (config.model.levels - 1))
+    return TileLayout(geometry)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -305,12 +320,25 @@ class PairEmbeddings:
         first: L2-normalised embeddings of the first frame, (n_inputs, h, w, D) float32 (n_inputs = tiles, or 1
             padded full frame).
         second: The same for the second frame.
+        layout: The spatial layout the network ran in.
     """
 
     index: int
     frames: tuple[int, int]
     first: np.ndarray
     second: np.ndarray
+    layout: TileLayout | FullFrameLayout
+
+    def tiles(self) -> Optional[list[np.ndarray]]:
+        """Each inference tile's own (2, th, tw, D) embeddings, in the order of the geometry's tile grid, when the
+        network ran on those tiles (tiles mode); None in full-frame mode, where the tiles are cut from :meth:`grid`.
+        """
+        return self.layout.pair_tiles(self.first, self.second)
+
+    def grid(self) -> np.ndarray:
+        """(2, h, w, D) float32 embeddings on the whole network grid (in tiles mode each pixel from the tile in
+        which it lies most centrally)."""
+        return self.layout.full_pair(self.first, self.second)
 
 
 class PairEmbedder:
@@ -388,7 +416,7 @@ class PairEmbedder:
             run = self._window_rshn if self.kind == "rshn" else self._window_volumetric
             for first, second, frames in run(source, window):
                 if index >= start:
-                    yield PairEmbeddings(index, frames, first, second)
+                    yield PairEmbeddings(index, frames, first, second, self.layout)
                 index += 1
         source.release_before(len(source))
 
@@ -477,7 +505,7 @@ class PairEmbedder:
                         self.timings["network"] += time.perf_counter() - start
                         self.frame_steps += 1
                 source.release_before(b)
-                yield PairEmbeddings(index, (a, b), cache[a], cache[b])
+                yield PairEmbeddings(index, (a, b), cache[a], cache[b], self.layout)
                 index += 1
                 for old in [u for u in cache if u < b]:
                     del cache[old]
@@ -625,338 +653,3 @@ def _state_specs(model: Any, layout: TileLayout | FullFrameLayout) -> list[list[
     height, width = layout.input_shape
     return [[tf.TensorSpec((None, height >> level, width >> level, model.filters), tf.float32)
              for level in range(model.levels)] for _ in range(model.stacks)]
-
-
-def embed_pairs(model: Any, config: Config, source: FrameSource) -> Iterator[PairEmbeddings]:
-    """The embeddings of all frame pairs of ``source`` in order (the network part of ``rshn predict``)."""
-    layout = make_layout(source.shape, config)
-    return PairEmbedder(model, config, layout).pairs(source)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Configuration, threads, saving
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        return os.cpu_count() or 1
-
-
-def configure_threads(threads: int) -> tuple[int, int]:
-    """Set TensorFlow's thread pools for inference (``inference.threads``).
-
-    ``threads`` > 0 is the intra-op pool (threads inside one convolution); 0 chooses all cores available to the
-    process. The inter-op pool (independent ops in parallel) is 1: the network is a chain of convolutions that
-    each use all intra-op threads, and a second pool only oversubscribes the cores (see docs/performance.md).
-    Must run before TensorFlow starts its runtime; otherwise the settings in force are kept (logged).
-
-    Returns:
-        The (intra, inter) thread counts requested.
-    """
-    import tensorflow as tf
-
-    intra = threads if threads > 0 else available_cores()
-    inter = 1
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
-    except RuntimeError:
-        log.debug("TensorFlow is already running; keeping its thread settings (intra %d, inter %d)",
-                  tf.config.threading.get_intra_op_parallelism_threads(),
-                  tf.config.threading.get_inter_op_parallelism_threads())
-    return intra, inter
-
-
-#: Files an embeddings folder may contain; a folder with anything else is not replaced.
-_EMBEDDING_FILE_PATTERNS = ("pair_*.npy", "config.yaml")
-
-
-def check_embeddings_target(folder: str | os.PathLike) -> None:
-    """Check that an embeddings folder can be written: absent, or holding nothing but saved embeddings.
-
-    Raises:
-        RshnError: If the path is a file or a folder holding other files.
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise RshnError(f"{folder}: exists and is not a folder")
-    if folder.is_dir() and not all(
-            any(e.is_file() and e.match(p) for p in _EMBEDDING_FILE_PATTERNS) for e in folder.iterdir()):
-        raise RshnError(f"{folder}: folder exists and holds files other than saved embeddings; refusing "
-                        "to replace it (choose another --save-embeddings folder or empty it)")
-
-
-class EmbeddingWriter:
-    """Writes ``pair_NNN.npy`` (float32 (2, h, w, D) on the network grid) into the hidden folder ``.NAME.partial``
-    beside the target and renames it into place in :meth:`commit` (complete or absent, never half-written).
-
-    Args:
-        folder: The embeddings folder to create (an existing one is replaced only if it holds nothing but pair
-            files and ``config.yaml``).
-        config: The resolved configuration, saved as ``config.yaml`` beside the pairs.
-        resume: Continue writing into the existing ``.NAME.partial`` of an unfinished run (the pairs before its
-            checkpoint are there); otherwise start an empty one.
-
-    Raises:
-        RshnError: If the target cannot be replaced, or ``resume`` finds no unfinished folder.
-    """
-
-    def __init__(self, folder: str | os.PathLike, config: Config, resume: bool = False):
-        self.folder = Path(folder)
-        check_embeddings_target(self.folder)
-        self.tmp = partial_path(self.folder)
-        self._unsynced: list[Path] = []
-        if resume:
-            if not self.tmp.is_dir():
-                raise RshnError(f"{self.tmp}: the saved embeddings of the unfinished run are missing; it cannot be "
-                                f"resumed (start it over without --resume)")
-            return
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        save_config(config, self.tmp / "config.yaml")
-
-    def write(self, index: int, pair: np.ndarray) -> None:
-        """Save pair ``index`` (atomically: a killed run leaves no half-written pair)."""
-        path = self.tmp / f"pair_{index:03d}.npy"
-        save_atomically(path, np.asarray(pair, dtype=np.float32))
-        self._unsynced.append(path)
-
-    def sync(self) -> None:
-        """Flush the pairs written since the last call to the disk (before a checkpoint counts them)."""
-        fsync_written(self._unsynced, self.tmp)
-
-    def commit(self) -> Path:
-        """Move the finished folder into place."""
-        swap_in(self.tmp, self.folder)
-        return self.folder
-
-    def discard(self) -> None:
-        """Remove the temporary folder."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# rshn predict
-
-
-@dataclass
-class PredictionResult:
-    """What :func:`predict` did.
-
-    Attributes:
-        output_dir: The CTC result folder written.
-        num_frames: Frames of the video.
-        timings: Seconds per stage: ``reading``, ``preprocessing``, ``network`` and the post-processing stages of
-            :data:`rshn_tf.postprocess.STAGES`, plus ``total`` (wall clock of the whole call).
-        frame_steps: Frames run through the network (each frame runs in up to l windows).
-        embeddings_dir: The saved embeddings folder, if any.
-    """
-
-    output_dir: Path
-    num_frames: int
-    timings: dict[str, float] = field(default_factory=dict)
-    frame_steps: int = 0
-    embeddings_dir: Optional[Path] = None
-
-    @property
-    def network_seconds(self) -> float:
-        """Reading, preprocessing and the network."""
-        return sum(self.timings.get(s, 0.0) for s in NETWORK_STAGES)
-
-    @property
-    def postprocessing_seconds(self) -> float:
-        """Clustering, merging, tracking, resampling, finalising and writing."""
-        from rshn_tf.postprocess import STAGES
-
-        return sum(self.timings.get(s, 0.0) for s in STAGES)
-
-
-def predict(
-    model_dir: str | os.PathLike,
-    input_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    *,
-    overrides: Sequence[str] = (),
-    weights: str = "auto",
-    save_embeddings: Optional[str | os.PathLike] = None,
-    progress: Optional[bool] = None,
-    model: Any = None,
-    resume: bool = False,
-) -> PredictionResult:
-    """``rshn predict``: segment and track one sequence folder with a trained model and write a CTC result folder.
-
-    Finished frames wait on disk in ``.OUT.partial`` beside the output (:class:`~rshn_tf.run_folder.RunFolder`), so
-    memory does not grow with the video; every ``inference.checkpoint_every`` frame pairs the post-processing state
-    is saved there, and ``resume`` continues a killed run to the result an uninterrupted run gives. One process
-    at a time may write the output (and the embeddings folder), which is checked for writability before the
-    network runs: :func:`~rshn_tf.output_lock.claim_output`.
-
-    Args:
-        model_dir: Model folder (``config.yaml`` + weights) written by ``rshn train``.
-        input_dir: Sequence folder of frames ``tNNN.tif`` (e.g. ``DATASET/02``).
-        output_dir: Result folder to write (e.g. ``DATASET/02_RES``): ``maskNNN.tif`` with the input's digit
-            count, ``res_track.txt`` and the resolved ``config.yaml``.
-        overrides: ``section.key=value`` changes on top of the model folder's config (not ``model.*``).
-        weights: ``best``, ``last``, ``auto`` (best when the folder holds them, else last) or the path of a
-            ``.weights.h5`` file.
-        save_embeddings: Also write the pair embeddings there (see :class:`EmbeddingWriter`; in tiles mode each
-            pixel comes from the tile in which it lies most centrally, so ``rshn postprocess`` on them reproduces
-            this result only approximately; exactly in full-frame mode).
-        progress: Show a tqdm bar over frames (None: on a terminal; plain log lines when stderr is not one).
-        model: An already loaded network of the folder (skips loading; for benchmarks and tests).
-        resume: Continue the unfinished run writing ``output_dir`` from its last checkpoint (start afresh when there
-            is none); without it, an unfinished run there is refused.
-
-    Returns:
-        A :class:`PredictionResult` with the timings.
-
-    Raises:
-        RshnError: For a missing/empty/inconsistent input folder, a broken model folder, a bad override, an output
-            folder that cannot be replaced or that another process is writing, or an unfinished run without
-            ``resume`` (or one that differs from this call with it).
-    """
-    from rshn_tf.model_folder import ModelFolder, weights_file
-
-    wall = time.perf_counter()
-    config = resolve_predict_config(ModelFolder(model_dir).read_config(), overrides)
-    files = list_frames(input_dir)
-    check_result_target(output_dir)  # fail before the network runs, not after
-    if model is None:
-        weights_file(model_dir, weights)
-    if save_embeddings is not None:
-        check_embeddings_target(save_embeddings)
-        if Path(save_embeddings).resolve() == Path(output_dir).resolve():
-            raise RshnError(f"{output_dir}: --save-embeddings and --output must be different folders")
-    num_frames = len(files.paths)
-    total_pairs = max(num_frames - 1, 1)
-    identity = {"command": "predict", "input": str(Path(input_dir).resolve()), "frames": num_frames,
-                "pairs": total_pairs, "original_shape": list(files.shape), "digits": files.digits,
-                "model": str(Path(model_dir).resolve()), "weights": weights,
-                "embeddings": None if save_embeddings is None else str(Path(save_embeddings).resolve())}
-    with contextlib.ExitStack() as locks:
-        locks.enter_context(claim_output(output_dir, "result folder"))
-        if save_embeddings is not None:
-            locks.enter_context(claim_output(save_embeddings, "embeddings folder"))
-        run = RunFolder.open(output_dir, identity, config, resume)
-        try:
-            result = _predict_run(model_dir, input_dir, output_dir, config, files, run, weights, save_embeddings,
-                                  progress, model)
-        except BaseException as exc:
-            resumable(run, exc)
-            raise
-        run.remove()
-    result.timings["total"] = time.perf_counter() - wall
-    timings = result.timings
-    log.info("per frame: network %.3f s (%d frame steps, %.3f s each), reading+preprocessing %.3f s, "
-             "post-processing %.3f s, total %.3f s", timings.get("network", 0.0) / num_frames, result.frame_steps,
-             timings.get("network", 0.0) / max(result.frame_steps, 1),
-             (timings.get("reading", 0.0) + timings.get("preprocessing", 0.0)) / num_frames,
-             result.postprocessing_seconds / num_frames, timings["total"] / num_frames)
-    return result
-
-
-def _predict_run(model_dir: str | os.PathLike, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                 config: Config, files: FrameFiles, run: RunFolder, weights: str,
-                 save_embeddings: Optional[str | os.PathLike], progress: Optional[bool], model: Any
-                 ) -> PredictionResult:
-    """The work of :func:`predict` once the outputs are locked and the run folder is open."""
-    configure_threads(config.inference.threads)
-    source = FrameSource(files.paths, config.data, files.shape)
-    num_frames = len(source)
-    total_pairs = run.identity["pairs"]
-    processor = PostProcessor(config, files.shape, single_frame=num_frames == 1, store=run.frames)
-    if run.checkpoint is not None:
-        processor.restore(*run.checkpoint)
-    writer = None
-    if save_embeddings is not None:
-        emb_partial = partial_path(Path(save_embeddings))
-        if run.checkpoint is None or emb_partial.is_dir():
-            writer = EmbeddingWriter(save_embeddings, config, resume=run.checkpoint is not None)
-        elif processor.num_pairs < total_pairs or not Path(save_embeddings).is_dir():
-            raise RshnError(f"{emb_partial}: the saved embeddings of the unfinished run in {run.folder} are "
-                            f"missing; delete {run.folder} and start over without --resume")
-        # else: all pairs were done and the embeddings committed before the run was killed
-    try:
-        embedder = _run_network(model_dir, input_dir, config, files, source, processor, run, writer, weights,
-                                progress, model)
-        out = processor.finish(output_dir, files.digits, tmp=run.result_dir)
-    except BaseException:
-        if writer is not None and not run.has_checkpoint:
-            writer.discard()
-        raise
-    embeddings_dir = writer.commit() if writer is not None else (
-        Path(save_embeddings) if save_embeddings is not None else None)
-    timings = dict(source.timings)
-    if embedder is not None:
-        timings.update(embedder.timings)
-    timings.update(processor.timings)
-    return PredictionResult(out, num_frames, timings, embedder.frame_steps if embedder else 0, embeddings_dir)
-
-
-def _run_network(model_dir: str | os.PathLike, input_dir: str | os.PathLike, config: Config, files: FrameFiles,
-                 source: FrameSource, processor: PostProcessor, run: RunFolder, writer: Optional[EmbeddingWriter],
-                 weights: str, progress: Optional[bool], model: Any) -> Optional[PairEmbedder]:
-    """Run the network over the pairs the run still needs and post-process (and save) them, with checkpoints;
-    returns the embedder (None when no pair was left)."""
-    from rshn_tf.model_folder import load_trained_model
-
-    total_pairs = run.identity["pairs"]
-    num_frames = len(source)
-    embedder = None
-    if processor.num_pairs < total_pairs:
-        if model is None:
-            model, _ = load_trained_model(model_dir, weights)
-        layout = make_layout(source.shape, config)
-        embedder = PairEmbedder(model, config, layout)
-        log.info("predict %s: %d frames %dx%d → network grid %dx%d, %s, %d input(s) per frame in batches of %d%s",
-                 input_dir, num_frames, *files.shape, *source.shape,
-                 "full frame" if layout.full_frame else f"{layout.num_inputs} tiles", layout.num_inputs,
-                 embedder.batch, f", resuming at frame pair {processor.num_pairs}" if processor.num_pairs else "")
-        with _progress_bar(num_frames, progress) as bar:
-            bar.update(processor.num_frames)
-
-            def post_process(pair: PairEmbeddings) -> None:
-                layout.add_to(processor, pair.first, pair.second)
-                if writer is not None:
-                    writer.write(pair.index, layout.full_pair(pair.first, pair.second))
-                if checkpoint_due(processor, total_pairs):
-                    if processor.num_pairs == total_pairs:
-                        processor.flush()
-                    if writer is not None:
-                        writer.sync()
-                    run.save(*processor.state())
-                bar.update(processor.num_frames - bar.n)
-
-            consume_pairs(embedder.pairs(source, start=processor.num_pairs), post_process,
-                          config.inference.overlap_postprocessing)
-    return embedder
-
-
-def consume_pairs(pairs: Iterator[PairEmbeddings], consume: Any, overlap: bool) -> None:
-    """Call ``consume(pair)`` on every pair in order; with ``overlap`` in a worker thread, so that the
-    post-processing of one pair runs while the network computes the next (``inference.overlap_postprocessing``).
-
-    At most one pair is being consumed while the next is produced; pairs are consumed one at a time, in order, so
-    the results are the same as without overlap. An exception in either side stops both and is raised here.
-    """
-    if not overlap:
-        for pair in pairs:
-            consume(pair)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="postprocess") as pool:
-        running = None
-        for pair in pairs:
-            if running is not None:
-                running.result()
-            running = pool.submit(consume, pair)
-        if running is not None:
-            running.result()
-
-
-def _progress_bar(total: int, enabled: Optional[bool]) -> Any:
-    return progress_bar(total, unit="frame", desc="predict", enabled=enabled, leave=False)

@@ -1,13 +1,15 @@
 """From frame-pair embeddings to a CTC result folder: tiles → clustering → tile merging → pair linking →
 resampling back → finalisation → writing (paper §2.3–§2.5, §4.2; reference notes §5).
 
-:class:`PostProcessor` is a streaming consumer: ``rshn predict`` feeds it the embeddings of one frame pair at a
-time straight from the network (per tile with :meth:`PostProcessor.add_pair_tiles`), and ``rshn postprocess``
-feeds it whole network-grid pairs read from ``pair_NNN.npy`` files (:func:`run_postprocess`). Both then call
-:meth:`PostProcessor.finish`. Frames the tracker has finished go straight to a frame store (on disk beside the
-output, :class:`~rshn_tf.run_folder.RunFolder`), the finalisation and writing stream over it, and the state is
-checkpointed every ``inference.checkpoint_every`` pairs, so memory does not grow with the video and a killed run
-resumes. This module must not import TensorFlow.
+:class:`PostProcessor` is a streaming consumer: the Python API and ``rshn predict`` (:meth:`rshn_tf.api.RSHN.process`)
+feed it the embeddings of one frame pair at a time straight from the network (per tile with
+:meth:`PostProcessor.add_pair_tiles`, or the whole grid in full-frame mode), and ``rshn postprocess`` feeds it whole
+network-grid pairs read from ``pair_NNN.npy`` files (:func:`run_postprocess`). Files are written by
+:meth:`PostProcessor.finish`; :meth:`PostProcessor.result` returns the arrays. The grids (network grid, tiles) are
+the video's :class:`~rshn_tf.geometry.GridGeometry`, the object the network side uses too. Frames the tracker has
+finished go straight to a frame store (on disk beside the output, :class:`~rshn_tf.run_folder.RunFolder`), the
+finalisation and writing stream over it, and the state is checkpointed every ``inference.checkpoint_every`` pairs,
+so memory does not grow with the video and a killed run resumes. This module must not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ctc_submission.writer import CtcResultWriter, check_result_target
-from data_io.preprocess import network_shape
 from data_io.resample import resample_2d
 from rshn_tf.clustering import cluster_tiles
 from rshn_tf.config import Config, TrackingConfig
 from rshn_tf.errors import RshnError
+from rshn_tf.geometry import GridGeometry
 from rshn_tf.label_store import LabelStore, MemoryLabelStore
 from rshn_tf.output_lock import claim_output
 from rshn_tf.run_folder import RunFolder
-from rshn_tf.tiling import merge_tiles, tile_grid
+from rshn_tf.tiling import merge_tiles
 from rshn_tf.tracking import PairTracker, finalize_stream
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ class PostProcessor:
 
     Args:
         config: The resolved configuration (``data``, ``inference``, ``postprocessing``, ``tracking`` are read).
-        original_shape: Size (height, width) of the original frames the result is resampled back to.
+        original_shape: Size (height, width) of the original frames the result is resampled back to, or the video's
+            :class:`~rshn_tf.geometry.GridGeometry` (the one the network used; built from the size otherwise).
         single_frame: The video has one frame: exactly one pair is added, the frame with itself ⟨0, 0⟩ (clustered
             like any pair), and the result keeps one frame. The t_length rule is not applied then, since no track of
             a one-frame video can be longer than one frame.
@@ -69,13 +72,15 @@ class PostProcessor:
             with the video).
     """
 
-    def __init__(self, config: Config, original_shape: Sequence[int], single_frame: bool = False,
+    def __init__(self, config: Config, original_shape: Sequence[int] | GridGeometry, single_frame: bool = False,
                  store: Optional[LabelStore | MemoryLabelStore] = None):
         self.config = config
-        self.original_shape = (int(original_shape[0]), int(original_shape[1]))
-        self.shape = network_shape(self.original_shape, config.data)
+        self.geometry = (original_shape if isinstance(original_shape, GridGeometry)
+                         else GridGeometry.of(original_shape, config))
+        self.original_shape = self.geometry.original_shape
+        self.shape = self.geometry.shape
         self.single_frame = bool(single_frame)
-        self.grid = tile_grid(self.shape, config.inference_tile_size, config.inference.tile_overlap)
+        self.grid = self.geometry.tiles
         self.tracker = PairTracker(config.tracking)
         self.store = store if store is not None else MemoryLabelStore()
         self.timings: dict[str, float] = defaultdict(float)
@@ -317,16 +322,16 @@ def run_postprocess(
         raise RshnError(f"--original-shape {' '.join(str(n) for n in original_shape)}: expected the height and width "
                         f"of the original frames, two positive integers")
     files = list_pair_files(embeddings_dir)
-    shape = network_shape((int(original_shape[0]), int(original_shape[1])), config.data)
-    dim = _load_pair(files[0], shape, None).shape[3]
+    geometry = GridGeometry.of(original_shape, config)
+    dim = _load_pair(files[0], geometry.shape, None).shape[3]
     for index, path in enumerate(files):  # check every file before the (slow) processing starts
-        _check_finite_pair(_load_pair(path, shape, dim), path, index)
+        _check_finite_pair(_load_pair(path, geometry.shape, dim), path, index)
     check_result_target(output_dir)
     identity = {"command": "postprocess", "embeddings": str(Path(embeddings_dir).resolve()), "pairs": len(files),
                 "original_shape": [int(original_shape[0]), int(original_shape[1])], "digits": digits}
     with claim_output(output_dir, "result folder"):
         run = RunFolder.open(output_dir, identity, config, resume)
-        processor = PostProcessor(config, original_shape, store=run.frames)
+        processor = PostProcessor(config, geometry, store=run.frames)
         try:
             if run.checkpoint is not None:
                 processor.restore(*run.checkpoint)

@@ -58,9 +58,9 @@ def _write_half_then_kill(stream: Any, save: Callable[[Any], None]) -> None:
 def arm(point: str, n: int) -> None:
     """Patch the function at ``point`` so that its ``n``-th call kills the process."""
     import ctc_submission.writer
-    import rshn_tf.inference  # binds its imports now, before anything is patched
     import rshn_tf.label_store
     import rshn_tf.postprocess
+    import rshn_tf.predict_folder  # binds its imports now, before anything is patched
     import rshn_tf.run_folder
     from rshn_tf.atomic import twin_path
 
@@ -86,7 +86,7 @@ def arm(point: str, n: int) -> None:
         ctc_submission.writer.write_tiff = _counting(n, lambda *a, **k: _kill(), None,
                                                      ctc_submission.writer.write_tiff)
     elif point == "embeddings_commit":
-        cls = rshn_tf.inference.EmbeddingWriter
+        cls = rshn_tf.predict_folder.EmbeddingWriter
         cls.commit = _counting(n, lambda *a, **k: _kill(), None, cls.commit)
     elif point == "cleanup":
         cls = rshn_tf.run_folder.RunFolder

@@ -23,18 +23,12 @@ from rshn_tf.cli import EXIT_USER_ERROR, main
 from rshn_tf.config import Config, load_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.evaluation import evaluate_result, validate_result
-from rshn_tf.inference import (
-    FrameSource,
-    FullFrameLayout,
-    PairEmbedder,
-    TileLayout,
-    central_owner,
-    consume_pairs,
-    plan_windows,
-    predict,
-)
+from rshn_tf.api import consume_pairs
+from rshn_tf.geometry import GridGeometry
+from rshn_tf.inference import FrameSource, FullFrameLayout, PairEmbedder, TileLayout, central_owner, plan_windows
 from rshn_tf.model_folder import create_model_folder, export_model
 from rshn_tf.models import build_model
+from rshn_tf.predict_folder import predict
 from rshn_tf.tiling import tile_grid
 
 LENGTH = 4
@@ -139,7 +133,7 @@ def test_each_pair_comes_from_its_window_with_states_reset(frames):
     config = tiny_config()
     values = np.arange(frames, dtype=np.float32)
     source = ArraySource(np.broadcast_to(values[:, None, None], (frames, 96, 128)))
-    layout = TileLayout(source.shape, config)
+    layout = TileLayout(GridGeometry.of(source.shape, config))
     embedder = PairEmbedder(CountingModel(), config, layout)
     got = collect(embedder, source)
     assert [g[1] for g in got] == ([(0, 0)] if frames == 1 else [(t, t + 1) for t in range(frames - 1)])
@@ -179,7 +173,7 @@ def test_windows_run_tile_by_tile():
     config = tiny_config(max_batch_tiles=3)
     frames = 6
     values = np.arange(frames, dtype=np.float32)
-    layout = TileLayout((96, 160), config)
+    layout = TileLayout(GridGeometry.of((96, 160), config))
     model = RecordingModel()
     embedder = PairEmbedder(model, config, layout)
     got = collect(embedder, ArraySource(np.broadcast_to(values[:, None, None], (frames, 96, 160))))
@@ -216,7 +210,7 @@ def test_tile_embeddings_match_the_whole_window_call(architecture, encoded, cach
     model = tiny_model(config)
     frames = random_frames(6, (96, 160))
     source = ArraySource(frames)
-    layout = TileLayout(source.shape, config)
+    layout = TileLayout(GridGeometry.of(source.shape, config))
     assert len(layout.grid) == 2 * 4
     embedder = PairEmbedder(model, config, layout)
     got = collect(embedder, source)
@@ -241,7 +235,7 @@ def test_encodings_are_reused_when_a_window_of_them_fits_the_budget():
     results = {}
     for megabytes, reused in ((0, False), (7, False), (8, True)):
         config = tiny_config(max_batch_tiles=3, encoding_cache_mb=megabytes)
-        embedder = PairEmbedder(tiny_model(config), config, TileLayout((96, 160), config))
+        embedder = PairEmbedder(tiny_model(config), config, TileLayout(GridGeometry.of((96, 160), config)))
         assert embedder._recurrence.cache_bytes == needed and embedder._recurrence.reuse == reused
         results[megabytes] = collect(embedder, ArraySource(frames))
         assert embedder.encodings == 8 * (7 if reused else windows)
@@ -272,7 +266,7 @@ def test_batched_tiles_equal_the_per_tile_loop():
     for name, options in {"loop": dict(batch_tiles=False), "batch3": dict(max_batch_tiles=3),
                           "all": dict(max_batch_tiles=0)}.items():
         config = tiny_config(**options)
-        embedder = PairEmbedder(tiny_model(config), config, TileLayout((96, 160), config))
+        embedder = PairEmbedder(tiny_model(config), config, TileLayout(GridGeometry.of((96, 160), config)))
         results[name] = collect(embedder, ArraySource(frames))
         assert embedder.batch == {"loop": 1, "batch3": 3, "all": 8}[name]
     for other in ("batch3", "all"):
@@ -287,7 +281,7 @@ def test_shn_pairs_are_per_frame_embeddings():
     model = tiny_model(config)
     frames = random_frames(5, (64, 96), seed=4)
     source = ArraySource(frames)
-    layout = TileLayout(source.shape, config)
+    layout = TileLayout(GridGeometry.of(source.shape, config))
     embedder = PairEmbedder(model, config, layout)
     got = collect(embedder, source)
     assert embedder.frame_steps == 5  # every frame runs once
@@ -301,7 +295,7 @@ def test_full_frame_layout_pads_runs_and_crops():
     config = tiny_config(full_frame=True)
     model = tiny_model(config)
     frames = random_frames(5, (70, 99), seed=5)
-    layout = FullFrameLayout((70, 99), 4)
+    layout = FullFrameLayout(GridGeometry.of((70, 99), config), 4)
     assert layout.input_shape == (72, 100) and layout.pad == ((1, 1), (0, 1))
     padded = layout.inputs(frames[0])
     assert padded.shape == (1, 72, 100, 1)
@@ -322,7 +316,8 @@ def test_full_frame_equals_tiles_when_the_frame_is_one_tile():
     out = {}
     for full in (False, True):
         config = tiny_config(full_frame=full)
-        layout = FullFrameLayout((64, 64), 4) if full else TileLayout((64, 64), config)
+        geometry = GridGeometry.of((64, 64), config)
+        layout = FullFrameLayout(geometry, 4) if full else TileLayout(geometry)
         out[full] = collect(PairEmbedder(tiny_model(config), config, layout), ArraySource(frames))
     for (_, f, a1, b1), (_, g, a2, b2) in zip(out[False], out[True]):
         assert f == g
@@ -345,7 +340,7 @@ def test_stitching_takes_each_pixel_from_its_most_central_tile():
         best = max(range(len(grid)), key=lambda i: (centrality(i), -i))
         assert owner[y, x] == best
     config = tiny_config()
-    layout = TileLayout((96, 160), config)
+    layout = TileLayout(GridGeometry.of((96, 160), config))
     tiles = np.stack([np.full((64, 64, 2), i, np.float32) for i in range(len(grid))])
     pair = layout.full_pair(tiles, tiles + 100)
     np.testing.assert_array_equal(pair[0, ..., 0], owner)
@@ -497,12 +492,12 @@ def test_single_frame_is_the_frame_clustered_with_itself(model_dir, short_video,
     # reference: the same embeddings as an ordinary two-frame pair (0, 0) with t_length 1
     model, config = load_trained_model(model_dir)
     config.tracking.min_track_length = 1
-    layout = TileLayout((128, 128), config)
+    layout = TileLayout(GridGeometry.of((128, 128), config))
     (pair,) = list(PairEmbedder(model, config, layout).pairs(FrameSource([folder / "t000.tif"], config.data,
                                                                           (128, 128))))
     assert pair.frames == (0, 0) and pair.first is pair.second
     processor = PostProcessor(config, (128, 128))
-    layout.add_to(processor, pair.first, pair.second)
+    processor.add_pair_tiles(pair.tiles())
     expected, _ = processor.result()
     np.testing.assert_array_equal(labels[0], expected[0])
 
@@ -544,7 +539,7 @@ def test_saved_tile_embeddings_are_stitched_from_central_tiles(model_dir, short_
     predict(model_dir, short_video, tmp_path / "RES", save_embeddings=emb)
     model, config = load_trained_model(model_dir)
     source = FrameSource(sorted(short_video.glob("t*.tif")), config.data, (128, 128))
-    layout = TileLayout(source.shape, config)
+    layout = TileLayout(GridGeometry.of(source.shape, config))
     expected = [layout.full_pair(p.first, p.second) for p in PairEmbedder(model, config, layout).pairs(source)]
     assert len(expected) == 6
     for t, pair in enumerate(expected):
@@ -656,8 +651,8 @@ def test_resuming_starts_at_the_first_window_that_gives_a_missing_pair(start, st
     whose pairs are all done and yields exactly the pairs (and embeddings) of an uninterrupted run from ``start``."""
     config = tiny_config()
     source = ArraySource(np.broadcast_to(np.arange(9, dtype=np.float32)[:, None, None], (9, 64, 64)))
-    whole = collect(PairEmbedder(CountingModel(), config, TileLayout(source.shape, config)), source)
-    embedder = PairEmbedder(CountingModel(), config, TileLayout(source.shape, config))
+    whole = collect(PairEmbedder(CountingModel(), config, TileLayout(GridGeometry.of(source.shape, config))), source)
+    embedder = PairEmbedder(CountingModel(), config, TileLayout(GridGeometry.of(source.shape, config)))
     got = [(p.index, p.frames, p.first.copy(), p.second.copy()) for p in embedder.pairs(source, start=start)]
     assert [g[0] for g in got] == list(range(start, 8))
     for (index, frames, first, second), expected in zip(got, whole[start:]):

@@ -45,7 +45,7 @@ def separated_fraction(res_dir, gt_dir) -> tuple[float, int]:
 
 @pytest.mark.slow
 def test_a_short_training_separates_touching_synthetic_cells(tmp_path):
-    from rshn_tf.inference import predict
+    from rshn_tf.predict_folder import predict
     from rshn_tf.training import train
 
     data = write_synthetic_dataset(tmp_path / "data", frames=20, size=(128, 128), seed=0)

@@ -46,7 +46,7 @@ CHECKS = [
 @pytest.mark.ctc
 @pytest.mark.parametrize("check", CHECKS, ids=[c.model for c in CHECKS])
 def test_shipped_model_keeps_segmenting_real_frames(check, ctc_dataset, tmp_path):
-    from rshn_tf.inference import predict
+    from rshn_tf.predict_folder import predict
 
     model_dir = MODELS_DIR / check.model
     if not (model_dir / "config.yaml").is_file():
