@@ -28,14 +28,15 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ctc_submission.writer import check_result_target, swap_in
+from ctc_submission.writer import check_result_target
 from data_io.ctc import FrameFiles, list_frames
+from rshn_tf.atomic import fsync_written, swap_in
 from rshn_tf.api import RSHN
 from rshn_tf.config import Config, resolve_predict_config, save_config
 from rshn_tf.errors import RshnError
 from rshn_tf.geometry import GridGeometry
 from rshn_tf.inference import NETWORK_STAGES, FrameSource, PairEmbedder, PairEmbeddings
-from rshn_tf.label_store import fsync_written, save_atomically
+from rshn_tf.label_store import save_atomically
 from rshn_tf.model_folder import ModelFolder
 from rshn_tf.output_lock import claim_output
 from rshn_tf.postprocess import STAGES, PostProcessor, checkpoint_due, resumable
