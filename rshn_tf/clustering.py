@@ -553,24 +553,24 @@ def cosine_mean_shift(
 # HDBSCAN and connected components
 
 
-def hdbscan_clusters(features: np.ndarray, min_cluster_size: int) -> np.ndarray:
+def hdbscan_clusters(features: np.ndarray, min_cluster_size: int, workers: int = 1) -> np.ndarray:
     """HDBSCAN clusters of the features as in the preliminary work (notes §5.3); -1 marks noise.
 
-    Uses ``min_cluster_size = min_samples = m``, Euclidean metric, Borůvka KD-tree, leaf size 25.
+    The labels of ``hdbscan.HDBSCAN(min_cluster_size=m, min_samples=m, metric="euclidean",
+    algorithm="boruvka_kdtree", leaf_size=25)``, computed by :func:`rshn_tf.fast_hdbscan.hdbscan_labels` (exact
+    core distances by block products, then the library's own tree code; see that module for why the labels are
+    identical). Fewer than m points are all noise.
+
+    Args:
+        features: Array (N, F).
+        min_cluster_size: m.
+        workers: Threads of the core-distance search.
     """
-    import hdbscan  # imported lazily: only this clustering option needs it
+    from rshn_tf.fast_hdbscan import hdbscan_labels
 
     if len(features) <= 1 or len(features) < min_cluster_size:
         return np.full(len(features), -1, dtype=np.int64)
-    model = hdbscan.HDBSCAN(
-        min_cluster_size=min_cluster_size,
-        min_samples=min_cluster_size,
-        metric="euclidean",
-        algorithm="boruvka_kdtree",
-        leaf_size=25,
-        core_dist_n_jobs=1,
-    )
-    return model.fit_predict(features.astype(np.float64)).astype(np.int64)
+    return hdbscan_labels(features, min_cluster_size, workers=workers)
 
 
 def split_components(clusters: np.ndarray, min_size: int) -> np.ndarray:
@@ -638,7 +638,7 @@ def _check_config(config: PostprocessingConfig) -> None:
 
 
 def cluster_tile(
-    embeddings: np.ndarray, config: PostprocessingConfig, seed: Optional[int] = None
+    embeddings: np.ndarray, config: PostprocessingConfig, seed: Optional[int] = None, workers: int = 1
 ) -> np.ndarray:
     """Cluster the embeddings of one 2-frame tile into instance labels (§2.3; notes §5.3).
 
@@ -648,6 +648,7 @@ def cluster_tile(
         config: The ``postprocessing`` section (clustering method, background threshold, h, c, seeds,
             iterations, tolerance, t_size, HDBSCAN parameters).
         seed: Seed of the mean-shift seed selection; ``None`` uses ``config.seed``.
+        workers: Threads HDBSCAN may use inside the tile (the result does not depend on it).
 
     Returns:
         int32 labels (2, h, w): 0 background, 1..K instances (consecutive).
@@ -666,7 +667,7 @@ def cluster_tile(
         return clusters
     if config.clustering == "hdbscan":
         features = tile_features(embeddings, mask, config.hdbscan_coordinate_factor)
-        labels = hdbscan_clusters(features, config.hdbscan_min_cluster_size)
+        labels = hdbscan_clusters(features, config.hdbscan_min_cluster_size, workers)
     else:
         features = tile_features(embeddings, mask, config.coordinate_factor)
         seeds = choose_seeds(len(features), config.num_seeds, config.seed if seed is None else seed)
@@ -702,9 +703,10 @@ def cluster_tiles(
     seeds = [tile_seed(base, index) for index in range(len(tiles))]
     if workers is None:
         workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    inner = max(1, workers // max(len(tiles), 1))  # cores left over by the tiles (HDBSCAN uses them)
     workers = max(1, min(workers, len(tiles)))
     with single_threaded_blas():
         if workers == 1:
-            return [cluster_tile(tile, config, s) for tile, s in zip(tiles, seeds)]
+            return [cluster_tile(tile, config, s, inner) for tile, s in zip(tiles, seeds)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(lambda item: cluster_tile(item[0], config, item[1]), zip(tiles, seeds)))
