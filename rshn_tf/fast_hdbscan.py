@@ -52,7 +52,7 @@ _BLOCK_POINTS = 256
 #: The first candidate blocks of a query block hold at least this many times ``min_samples + 1`` points (speed only).
 _FIRST_BLOCKS_FACTOR = 1.5
 #: Nearest points per point kept for the first-round neighbour (speed only).
-_NEAREST_KEPT = 16
+_NEAREST_KEPT = 8
 #: Unit round-off of float32.
 _U32 = 2.0 ** -24
 #: Leaf size of the reference's core-distance tree (notes §5.3); the Borůvka tree uses a third of it.
