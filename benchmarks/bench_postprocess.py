@@ -21,9 +21,18 @@ the cosine neighbourhood h) and optionally the straightforward ``cosine_mean_shi
 scaled to all tiles of a pair and labelled EXTRAPOLATED. The machine may be shared with other jobs: the load average
 is printed; compare ratios and CPU times.
 
+HDBSCAN (``--hdbscan-pairs N``, default 2; Table 3 row "RSHN, HDBSCAN"): DIC-C2DH-HeLa preset (256 × 256 network
+grid = one tile per pair, m = 1000, c = 0.02), oracle pairs made from the ground truth of DIC-C2DH-HeLa 02 when
+``--ctc`` points at the CTC data (the silver truth with missing cells filled in, as ``tests/test_postprocess.py``
+does), else from ``oracle_video`` disks of radius 20–30 px. Per pair, one thread for the tile (the fast HDBSCAN may
+use the second core, as ``cluster_tiles`` lets it on one-tile pairs): mean shift ``cluster_tile``, HDBSCAN
+``cluster_tile`` (:mod:`rshn_tf.fast_hdbscan`), and the plain ``hdbscan.HDBSCAN`` call on the same features
+(:func:`rshn_tf.fast_hdbscan.reference_labels`), wall and CPU seconds, the ratio, and whether the labels are identical.
+
 Run from the repository root::
 
     python benchmarks/bench_postprocess.py [--frames 8] [--baseline-tiles 3] [--reference-tiles 0] [--only 512x512]
+        [--hdbscan-pairs 2] [--ctc ../shared/data/ctc]
 """
 
 from __future__ import annotations
@@ -131,6 +140,70 @@ def run(name: str, args: argparse.Namespace) -> None:
               f"(target >= 6x) [{load()}]")
 
 
+def dic_pairs(count: int, ctc: str | None, seed: int) -> tuple[list[np.ndarray], str]:
+    """``count`` oracle embedding pairs (2, 256, 256, 16) on the DIC-C2DH-HeLa network grid, and their origin."""
+    config = load_config("DIC-C2DH-HeLa")
+    if ctc and (Path(ctc) / "DIC-C2DH-HeLa" / "02").is_dir():
+        from data_io.ctc import load_sequence
+        from tests.test_postprocess import network_video, oracle_masks
+
+        sequence = load_sequence(Path(ctc) / "DIC-C2DH-HeLa", "02", load_silver=True)
+        video = network_video(oracle_masks(sequence)[0], config, sequence.shape)
+        origin = "DIC-C2DH-HeLa 02 ground truth"
+    else:
+        video = cases.drifting_disks((256, 256), 30, count + 7, radius=(20.0, 30.0), seed=seed)
+        origin = "oracle_video disks (no --ctc data)"
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for t in np.linspace(7, len(video) - 2, count).astype(int):
+        window = video[t - 7:t + 2]
+        colouring = cases.window_colourings(window, config.data.sequence_length, config.loss.neighbour_radius)[-1]
+        field = next(cases.noise_fields(video.shape[1:], 1, 0.05, rng))
+        pairs.append(cases.oracle_pair(window, len(window) - 2, colouring, field))
+    return pairs, origin
+
+
+def run_hdbscan(args: argparse.Namespace) -> None:
+    """Seconds per DIC pair: mean shift, fast HDBSCAN, and the plain hdbscan.HDBSCAN call (see the docstring)."""
+    import dataclasses
+
+    from rshn_tf import fast_hdbscan
+
+    config = load_config("DIC-C2DH-HeLa").postprocessing
+    hdb = dataclasses.replace(config, clustering="hdbscan")
+    pairs, origin = dic_pairs(args.hdbscan_pairs, args.ctc, args.seed)
+    print(f"\nHDBSCAN: DIC-C2DH-HeLa preset (m = {hdb.hdbscan_min_cluster_size}, c = {hdb.hdbscan_coordinate_factor}),"
+          f" {len(pairs)} oracle pairs from {origin}, one 256 x 256 tile each [{load()}]")
+    totals = {name: [0.0, 0.0] for name in ("mean shift", "HDBSCAN (ours)", "hdbscan.HDBSCAN")}
+
+    def timed(name, function):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = function()
+        totals[name][0] += time.perf_counter() - wall
+        totals[name][1] += time.process_time() - cpu
+        return result
+
+    identical = 0
+    with clustering.single_threaded_blas():
+        for index, pair in enumerate(pairs):
+            timed("mean shift", lambda: clustering.cluster_tile(pair, config, index))
+            timed("HDBSCAN (ours)", lambda: clustering.cluster_tile(pair, hdb, index, workers=2))
+            mask = clustering.foreground_mask(pair, hdb.background_threshold)
+            features = clustering.tile_features(pair, mask, hdb.hdbscan_coordinate_factor)
+            ours = clustering.hdbscan_clusters(features, hdb.hdbscan_min_cluster_size, workers=2)
+            plain = timed("hdbscan.HDBSCAN", lambda: fast_hdbscan.reference_labels(
+                features, hdb.hdbscan_min_cluster_size))
+            identical += bool(np.array_equal(ours, plain))
+            print(f"  pair {index}: {len(features)} foreground points, {plain.max() + 1} clusters, labels "
+                  f"{'identical' if np.array_equal(ours, plain) else 'DIFFERENT'} [{load()}]")
+    count = len(pairs)
+    plain_wall, plain_cpu = totals["hdbscan.HDBSCAN"]
+    for name, (wall, cpu) in totals.items():
+        print(f"  {name:<16} {wall / count:7.2f} s/pair wall {cpu / count:7.2f} s/pair CPU "
+              f"(hdbscan.HDBSCAN / this: {plain_wall / wall:5.1f}x wall, {plain_cpu / cpu:5.1f}x CPU)")
+    print(f"  labels identical on {identical} of {count} pairs; HDBSCAN target: <= 2 s per pair, >= 6x [{load()}]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=8, help="frames per video (pairs = frames - 1)")
@@ -140,12 +213,17 @@ def main() -> None:
     parser.add_argument("--reference-tiles", type=int, default=0,
                         help="of those, tiles also clustered by the straightforward reference mean shift")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=sorted(SCENARIOS), help="run one scenario")
+    parser.add_argument("--only", choices=sorted(SCENARIOS) + ["hdbscan"], help="run one scenario")
+    parser.add_argument("--hdbscan-pairs", type=int, default=2, help="DIC pairs of the HDBSCAN comparison; 0 = none")
+    parser.add_argument("--ctc", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ctc"),
+                        help="CTC data folder for the DIC-C2DH-HeLa oracle of the HDBSCAN comparison")
     args = parser.parse_args()
     print("Post-processing seconds per frame on oracle embeddings (2 cores; the CPU may be shared with other jobs).")
     for name in SCENARIOS:
         if args.only in (None, name):
             run(name, args)
+    if args.hdbscan_pairs and args.only in (None, "hdbscan"):
+        run_hdbscan(args)
 
 
 if __name__ == "__main__":

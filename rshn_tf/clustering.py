@@ -4,7 +4,9 @@ Pipeline of :func:`cluster_tile` for the embeddings ``(2, h, w, D)`` of frames t
 
 1. Background: pixels with cos(e, e_b)² > ``background_threshold`` (e_b = (1, 0, …, 0), §2.3), computed as
    e₀² > threshold · ‖e‖². Padding pixels (all-zero embeddings) are background too. (The authors' code treats
-   cos² = threshold as background as well; that differs only for pixels exactly on the boundary.)
+   cos² = threshold as background as well; that differs only for pixels exactly on the boundary.) With
+   ``background_rule: first_pair_median`` (MICCAI 2018 code, for models with a learned background embedding):
+   pixels whose dot product with the median embedding of the first frame pair is >= ``background_dot_threshold``.
 2. Features of the foreground pixels of both frames: [e, c·y, c·x] with tile-local row y and column x, the same
    in both frames, no time coordinate (notes §5.3).
 3. Cosine mean shift with a flat kernel of bandwidth h in cosine distance (§2.3, notes §5.3), from
@@ -55,6 +57,7 @@ __all__ = [
     "cluster_tiles",
     "tile_seed",
     "foreground_mask",
+    "first_pair_background",
     "tile_features",
     "choose_seeds",
     "cosine_mean_shift",
@@ -116,19 +119,54 @@ def single_threaded_blas() -> Iterator[None]:
 # Tile -> features
 
 
-def foreground_mask(embeddings: np.ndarray, background_threshold: float) -> np.ndarray:
-    """Return the foreground mask of a tile: cos(e, e_b)² <= threshold and e non-zero (§2.3).
+def foreground_mask(
+    embeddings: np.ndarray, background_threshold: float, background: Optional[np.ndarray] = None,
+    dot_threshold: float = 0.95,
+) -> np.ndarray:
+    """Return the foreground mask of a tile (non-zero embeddings only; all-zero embeddings are padding).
+
+    Without ``background`` (rule ``fixed``, §2.3): cos(e, e_b)² <= ``background_threshold`` with
+    e_b = (1, 0, …, 0), computed as e₀² <= threshold · ‖e‖². With a ``background`` vector (rule
+    ``first_pair_median``, MICCAI 2018 code, notes §6): e · background < ``dot_threshold``.
 
     Args:
         embeddings: Float array (..., D); channel 0 is the direction of the background embedding e_b.
-        background_threshold: Pixels with e₀² > threshold · ‖e‖² are background.
+        background_threshold: Pixels with e₀² > threshold · ‖e‖² are background (rule ``fixed``).
+        background: Background vector (D,) of the rule ``first_pair_median``, or None.
+        dot_threshold: Rule ``first_pair_median``: pixels with e · background >= this are background.
 
     Returns:
         Boolean array of the leading shape of ``embeddings``.
     """
     squared_norm = np.einsum("...d,...d->...", embeddings, embeddings)
+    if background is not None:
+        dots = embeddings @ np.asarray(background, dtype=embeddings.dtype)
+        return (dots < dot_threshold) & (squared_norm > 0)
     first = embeddings[..., 0]
     return (first * first <= background_threshold * squared_norm) & (squared_norm > 0)
+
+
+def first_pair_background(tiles: Sequence[np.ndarray]) -> np.ndarray:
+    """The background vector of the rule ``first_pair_median`` (MICCAI 2018 code, notes §6).
+
+    The component-wise median of the embeddings of all pixels of the first frame pair (every pixel of every tile,
+    all-zero padding excluded), in float64 and not normalised.
+
+    Args:
+        tiles: Embedding arrays (2, h, w, D) of the tiles of the first pair.
+
+    Returns:
+        float64 array (D,).
+
+    Raises:
+        RshnError: If the first pair holds no non-zero embedding.
+    """
+    values = [tile.reshape(-1, tile.shape[-1]) for tile in tiles]
+    values = np.concatenate([v[np.any(v != 0, axis=1)] for v in values]).astype(np.float64)
+    if len(values) == 0:
+        raise RshnError("postprocessing.background_rule first_pair_median: the first frame pair has no non-zero "
+                        "embedding to take the median of")
+    return np.median(values, axis=0)
 
 
 def tile_features(
@@ -553,24 +591,24 @@ def cosine_mean_shift(
 # HDBSCAN and connected components
 
 
-def hdbscan_clusters(features: np.ndarray, min_cluster_size: int) -> np.ndarray:
+def hdbscan_clusters(features: np.ndarray, min_cluster_size: int, workers: int = 1) -> np.ndarray:
     """HDBSCAN clusters of the features as in the preliminary work (notes §5.3); -1 marks noise.
 
-    Uses ``min_cluster_size = min_samples = m``, Euclidean metric, Borůvka KD-tree, leaf size 25.
+    The labels of ``hdbscan.HDBSCAN(min_cluster_size=m, min_samples=m, metric="euclidean",
+    algorithm="boruvka_kdtree", leaf_size=25)``, computed by :func:`rshn_tf.fast_hdbscan.hdbscan_labels` (exact
+    core distances by block products, then the library's own tree code; see that module for why the labels are
+    identical). Fewer than m points are all noise.
+
+    Args:
+        features: Array (N, F).
+        min_cluster_size: m.
+        workers: Threads of the core-distance search.
     """
-    import hdbscan  # imported lazily: only this clustering option needs it
+    from rshn_tf.fast_hdbscan import hdbscan_labels
 
     if len(features) <= 1 or len(features) < min_cluster_size:
         return np.full(len(features), -1, dtype=np.int64)
-    model = hdbscan.HDBSCAN(
-        min_cluster_size=min_cluster_size,
-        min_samples=min_cluster_size,
-        metric="euclidean",
-        algorithm="boruvka_kdtree",
-        leaf_size=25,
-        core_dist_n_jobs=1,
-    )
-    return model.fit_predict(features.astype(np.float64)).astype(np.int64)
+    return hdbscan_labels(features, min_cluster_size, workers=workers)
 
 
 def split_components(clusters: np.ndarray, min_size: int) -> np.ndarray:
@@ -638,7 +676,8 @@ def _check_config(config: PostprocessingConfig) -> None:
 
 
 def cluster_tile(
-    embeddings: np.ndarray, config: PostprocessingConfig, seed: Optional[int] = None
+    embeddings: np.ndarray, config: PostprocessingConfig, seed: Optional[int] = None, workers: int = 1,
+    background: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Cluster the embeddings of one 2-frame tile into instance labels (§2.3; notes §5.3).
 
@@ -648,6 +687,9 @@ def cluster_tile(
         config: The ``postprocessing`` section (clustering method, background threshold, h, c, seeds,
             iterations, tolerance, t_size, HDBSCAN parameters).
         seed: Seed of the mean-shift seed selection; ``None`` uses ``config.seed``.
+        workers: Threads HDBSCAN may use inside the tile (the result does not depend on it).
+        background: Background vector of the rule ``first_pair_median`` (:func:`first_pair_background`); None:
+            the fixed e_b and ``config.background_threshold`` (§2.3).
 
     Returns:
         int32 labels (2, h, w): 0 background, 1..K instances (consecutive).
@@ -660,13 +702,13 @@ def cluster_tile(
     if embeddings.ndim != 4:
         raise ValueError(f"embeddings must have shape (2, h, w, D), got {embeddings.shape}")
     _check_config(config)
-    mask = foreground_mask(embeddings, config.background_threshold)
+    mask = foreground_mask(embeddings, config.background_threshold, background, config.background_dot_threshold)
     clusters = np.zeros(mask.shape, dtype=np.int32)
     if not mask.any():
         return clusters
     if config.clustering == "hdbscan":
         features = tile_features(embeddings, mask, config.hdbscan_coordinate_factor)
-        labels = hdbscan_clusters(features, config.hdbscan_min_cluster_size)
+        labels = hdbscan_clusters(features, config.hdbscan_min_cluster_size, workers)
     else:
         features = tile_features(embeddings, mask, config.coordinate_factor)
         seeds = choose_seeds(len(features), config.num_seeds, config.seed if seed is None else seed)
@@ -682,6 +724,7 @@ def cluster_tiles(
     config: PostprocessingConfig,
     seed: Optional[int] = None,
     workers: Optional[int] = None,
+    background: Optional[np.ndarray] = None,
 ) -> list[np.ndarray]:
     """Cluster all tiles of one frame pair; equal to ``cluster_tile`` on each tile with seed ``tile_seed``.
 
@@ -694,6 +737,7 @@ def cluster_tiles(
         seed: Base seed of the frame pair.
         workers: Threads clustering tiles in parallel (BLAS uses one thread meanwhile); ``None`` uses the
             available cores, at most 2.
+        background: Background vector of the rule ``first_pair_median``, or None (see :func:`cluster_tile`).
 
     Returns:
         One int32 label array (2, h, w) per tile.
@@ -702,9 +746,11 @@ def cluster_tiles(
     seeds = [tile_seed(base, index) for index in range(len(tiles))]
     if workers is None:
         workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    inner = max(1, workers // max(len(tiles), 1))  # cores left over by the tiles (HDBSCAN uses them)
     workers = max(1, min(workers, len(tiles)))
     with single_threaded_blas():
         if workers == 1:
-            return [cluster_tile(tile, config, s) for tile, s in zip(tiles, seeds)]
+            return [cluster_tile(tile, config, s, inner, background) for tile, s in zip(tiles, seeds)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(lambda item: cluster_tile(item[0], config, item[1]), zip(tiles, seeds)))
+            return list(pool.map(lambda item: cluster_tile(item[0], config, item[1], inner, background),
+                                 zip(tiles, seeds)))

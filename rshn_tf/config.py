@@ -373,6 +373,16 @@ class PostprocessingConfig:
             when more than this fraction of its area lies on it (then dropped); otherwise its free pixels are kept
             as a new instance. The paper does not say how candidates of different tiles are matched; 0.5 is ours
             (the matching rule of the CTC SEG measure).
+        background_rule: How background pixels are found. ``fixed``: the fixed background embedding
+            e_b = (1, 0, …, 0) and ``background_threshold`` (§2.3). ``first_pair_median``: the rule of the MICCAI 2018
+            submission (notes §6; the MICCAI paper, §2, only says background is learned as an ordinary instance): the
+            background vector is the component-wise median of the embeddings of all pixels of the first frame pair
+            (all its tiles; not normalised), kept for the whole video, and a pixel is foreground where its dot
+            product with it is below ``background_dot_threshold``. null (default): ``first_pair_median`` when
+            ``loss.variant`` is ``miccai2018`` (that model learns its background embedding instead of e_b), else
+            ``fixed``.
+        background_dot_threshold: ``first_pair_median``: pixels whose dot product with the background vector is
+            at least this are background (MICCAI 2018 code, notes §6: 0.95).
     """
 
     clustering: Literal["mean_shift", "hdbscan"] = "mean_shift"
@@ -389,6 +399,8 @@ class PostprocessingConfig:
     merge_ignore_border: int = 0
     merge_mode: Literal["instance", "blob"] = "instance"
     merge_overlap_fraction: float = 0.5
+    background_rule: Optional[Literal["fixed", "first_pair_median"]] = None
+    background_dot_threshold: float = 0.95
 
 
 @dataclass
@@ -482,6 +494,14 @@ class Config:
         """The inference tile (height, width): ``inference.tile_size``, or ``data.tile_size`` when that is null."""
         size = self.inference.tile_size if self.inference.tile_size is not None else self.data.tile_size
         return int(size[0]), int(size[1])
+
+    @property
+    def background_rule(self) -> str:
+        """The background rule in force: ``postprocessing.background_rule``, or when that is null the one of the
+        loss variant (``first_pair_median`` for ``miccai2018``, else ``fixed``)."""
+        if self.postprocessing.background_rule is not None:
+            return self.postprocessing.background_rule
+        return "first_pair_median" if self.loss.variant == "miccai2018" else "fixed"
 
 
 #: Section names in file order.
@@ -1180,6 +1200,8 @@ def _postprocessing_checks(c: Config) -> list[_Check]:
     return [
         ("postprocessing.bandwidth", "in (0, 2) (a cosine distance)", lambda: 0.0 < p.bandwidth < 2.0, ()),
         ("postprocessing.background_threshold", "in (0, 1)", lambda: 0.0 < p.background_threshold < 1.0, ()),
+        ("postprocessing.background_dot_threshold", "in (-1, 1]", lambda: -1.0 < p.background_dot_threshold <= 1.0,
+         ()),
         ("postprocessing.coordinate_factor", "non-negative", lambda: p.coordinate_factor >= 0, ()),
         ("postprocessing.num_seeds", "at least 1", lambda: p.num_seeds >= 1, ()),
         ("postprocessing.max_iterations", "at least 1", lambda: p.max_iterations >= 1, ()),

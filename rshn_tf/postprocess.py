@@ -27,7 +27,7 @@ import numpy as np
 
 from ctc_submission.writer import CtcResultWriter, check_result_target
 from data_io.resample import resample_2d
-from rshn_tf.clustering import cluster_tiles
+from rshn_tf.clustering import cluster_tiles, first_pair_background
 from rshn_tf.config import Config, TrackingConfig
 from rshn_tf.errors import RshnError
 from rshn_tf.geometry import GridGeometry
@@ -85,6 +85,8 @@ class PostProcessor:
         self.store = store if store is not None else MemoryLabelStore()
         self.timings: dict[str, float] = defaultdict(float)
         self.num_pairs = 0
+        #: Background vector of the rule ``first_pair_median`` (set by the first pair), else None.
+        self.background: Optional[np.ndarray] = None
 
     @property
     def num_frames(self) -> int:
@@ -106,6 +108,8 @@ class PostProcessor:
                              f"got {embeddings.shape}")
         start = time.perf_counter()
         pad = background_embedding(embeddings.shape[-1])
+        if self.config.background_rule == "first_pair_median":  # zeros: padding, background under either rule
+            pad = np.zeros_like(pad)
         tiles = [tile.extract(embeddings, pad, axis=1, copy=False) for tile in self.grid.tiles]  # views, no copies
         self.timings["clustering"] += time.perf_counter() - start
         self.add_pair_tiles(tiles)
@@ -117,8 +121,10 @@ class PostProcessor:
         if self.single_frame and self.num_pairs:
             raise ValueError("a single-frame video takes exactly one pair (the frame with itself)")
         start = time.perf_counter()
+        if self.config.background_rule == "first_pair_median" and self.background is None:
+            self.background = first_pair_background(tiles)
         seed = self.config.postprocessing.seed + self.num_pairs
-        tile_labels = cluster_tiles(tiles, self.config.postprocessing, seed=seed)
+        tile_labels = cluster_tiles(tiles, self.config.postprocessing, seed=seed, background=self.background)
         mid = time.perf_counter()
         merged = merge_tiles(tile_labels, self.grid, self.shape, self.config.postprocessing)
         end = time.perf_counter()
@@ -155,7 +161,9 @@ class PostProcessor:
         """The state for a checkpoint, ``(numbers, frames)``: pairs done, frames stored, the tracker's numbers and
         the frames it still holds. Everything before is in the store."""
         numbers, frames = self.tracker.state()
-        return {"num_pairs": self.num_pairs, "stored": self.store.count, "tracker": numbers}, frames
+        background = None if self.background is None else [float(v) for v in self.background]
+        return {"num_pairs": self.num_pairs, "stored": self.store.count, "tracker": numbers,
+                "background": background}, frames
 
     def restore(self, numbers: dict, frames: Sequence[np.ndarray]) -> None:
         """Continue from a :meth:`state` (the store must hold the frames stored then)."""
@@ -164,6 +172,8 @@ class PostProcessor:
                             f"{numbers['stored']} finished frames, only {self.store.count} are there; the run "
                             f"cannot be resumed (start it over without --resume)")
         self.num_pairs = int(numbers["num_pairs"])
+        background = numbers.get("background")
+        self.background = None if background is None else np.asarray(background, dtype=np.float64)
         self.tracker.restore(numbers["tracker"], frames)
 
     def _tracking_config(self) -> TrackingConfig:

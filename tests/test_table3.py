@@ -1,0 +1,138 @@
+"""``rshn table3``: ``collect_table`` / ``write_table`` on hand-made scores (values computed by hand), and every row
+end to end on a tiny synthetic dataset named like a Table 3 dataset."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+
+from rshn_tf import table3
+from rshn_tf.cli import main
+from rshn_tf.table3 import DATASETS, METRICS, PAPER_TABLE3, ROWS, collect_table, plan_table3, write_table
+
+
+def _fake_ctc(root, names):
+    for name in names:
+        for seq in ("01", "02"):
+            (root / name / seq).mkdir(parents=True)
+            (root / name / f"{seq}_GT" / "TRA").mkdir(parents=True)
+    return root
+
+
+#: Hand-made fold scores per (dataset, row): (SEG, TRA, OP_CTB) of fold1 (test 02) and fold2 (test 01).
+FOLDS = {
+    ("DIC-C2DH-HeLa", "rshn_h0.1"): ((0.70, 0.90, 0.80), (0.60, 0.80, 0.70)),
+    ("DIC-C2DH-HeLa", "rshn_hdbscan"): ((0.50, 0.70, 0.60), (0.30, 0.90, 0.60)),
+    ("DIC-C2DH-HeLa", "volumetric_h0.1"): ((0.40, 0.60, 0.50), (0.20, 0.40, 0.30)),
+    ("PhC-C2DH-U373", "rshn_h0.1"): ((0.80, 1.00, 0.90), (0.60, 0.60, 0.60)),
+    ("PhC-C2DH-U373", "rshn_hdbscan"): ((0.10, 0.30, 0.20), (0.30, 0.50, 0.40)),
+    ("PhC-C2DH-U373", "volumetric_h0.1"): ((0.90, 0.70, 0.80), (0.70, 0.90, 0.80)),
+}
+
+
+def _fake_results(experiment):
+    dataset = experiment.config.data.dataset
+    variants = {}
+    for name in experiment.variants:
+        folds = [{"fold": fold, "train": [train], "test": test, "result": "x",
+                  **dict(zip(("SEG", "TRA", "OP_CTB"), scores))}
+                 for (fold, train, test), scores in zip((("fold1", "01", "02"), ("fold2", "02", "01")),
+                                                        FOLDS[(dataset, name)])]
+        mean = {key: sum(f[key] for f in folds) / 2 for key in ("SEG", "TRA", "OP_CTB")}
+        variants[name] = {"folds": folds, "mean": mean}
+    return {"variants": variants}
+
+
+def test_collect_and_write_table_with_known_scores(tmp_path, monkeypatch):
+    data = _fake_ctc(tmp_path / "ctc", ["DIC-C2DH-HeLa", "PhC-C2DH-U373"])
+    groups, _ = plan_table3(data, tmp_path / "t3", "cpu", rows=["rshn_h0.1", "rshn_hdbscan", "volumetric_h0.1"])
+    monkeypatch.setattr(table3, "collect_results", _fake_results)
+    table = collect_table(groups, "cpu")
+    assert table["datasets"] == ["DIC-C2DH-HeLa", "PhC-C2DH-U373"]
+    assert [r["row"] for r in table["rows"]] == ["rshn_h0.1", "rshn_hdbscan", "volumetric_h0.1"]
+    by_row = {r["row"]: r for r in table["rows"]}
+    # means of the two folds, by hand
+    assert by_row["rshn_h0.1"]["datasets"]["DIC-C2DH-HeLa"]["ours"] == pytest.approx(
+        {"SEG": 0.65, "TRA": 0.85, "OP": 0.75})
+    assert by_row["rshn_hdbscan"]["datasets"]["PhC-C2DH-U373"]["ours"] == pytest.approx(
+        {"SEG": 0.20, "TRA": 0.40, "OP": 0.30})
+    # overall = mean over the two datasets present: rshn_h0.1 SEG (0.65 + 0.70) / 2, TRA (0.85 + 0.80) / 2, ...
+    assert by_row["rshn_h0.1"]["overall"]["ours"] == pytest.approx({"SEG": 0.675, "TRA": 0.825, "OP": 0.75})
+    assert by_row["volumetric_h0.1"]["overall"]["ours"] == pytest.approx({"SEG": 0.55, "TRA": 0.65, "OP": 0.6})
+    assert by_row["volumetric_h0.1"]["overall"]["paper"] == dict(zip(METRICS, PAPER_TABLE3["volumetric_h0.1"][
+        "Overall"]))
+    assert by_row["rshn_hdbscan"]["datasets"]["DIC-C2DH-HeLa"]["folds"][1] == pytest.approx(
+        {"fold": "fold2", "test": "01", "SEG": 0.30, "TRA": 0.90, "OP": 0.60})
+
+    out = tmp_path / "written"
+    write_table(table, out)
+    markdown = (out / "table3.md").read_text()
+    assert ("| RSHN | h = 0.1 | 0.650 (0.780) | 0.850 (0.924) | 0.750 (0.852) | 0.700 (0.748) | 0.800 (0.951) | "
+            "0.750 (0.849) | 0.675 (0.768) | 0.825 (0.951) | 0.750 (0.859) |") in markdown
+    lines = list(csv.reader(io.StringIO((out / "table3.csv").read_text())))
+    assert ["volumetric_h0.1", "Volumetric", "h = 0.1", "DIC-C2DH-HeLa", "TRA", "0.5000", "0.9180", "0.6000",
+            "0.4000"] in lines
+    assert ["rshn_hdbscan", "RSHN", "HDBSCAN", "Overall", "SEG", "0.3000", "0.7580", "", ""] in lines
+    assert len(lines) == 1 + 3 * (2 + 1) * 3
+    assert json.loads((out / "table3.json").read_text())["rows"][0]["overall"]["ours"]["SEG"] == pytest.approx(0.675)
+    assert (out / "table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_missing_score_stays_empty_and_the_overall_mean_too(tmp_path, monkeypatch):
+    data = _fake_ctc(tmp_path / "ctc", ["DIC-C2DH-HeLa"])
+    groups, _ = plan_table3(data, tmp_path / "t3", "cpu", rows=["rshn_h0.1"])
+
+    def results(experiment):
+        found = _fake_results(experiment)
+        found["variants"]["rshn_h0.1"]["mean"]["SEG"] = None
+        return found
+
+    monkeypatch.setattr(table3, "collect_results", results)
+    table = collect_table(groups, None)
+    assert table["rows"][0]["overall"]["ours"]["SEG"] is None
+    assert "| n/a (0.780) |" in table3.table_markdown(table)
+
+
+TABLE3_BUDGET = [
+    "data.resampled_size=null", "data.tile_size=[64, 64]", "data.sequence_length=3", "data.border_band=0",
+    "data.num_workers=1", "data.seg_sample_fraction=1.0", "model.levels=3", "model.filters=8",
+    "model.embedding_size=8", "loss.max_instances=4", "loss.neighbour_radius=20", "inference.tile_overlap=32",
+    "inference.full_frame=true", "postprocessing.min_size=20", "postprocessing.hdbscan_min_cluster_size=20",
+    "tracking.parent_search_frames=2", "training.checkpoint_every=50", "training.log_every=20",
+    "training.image_every=0", "training.learning_rate=0.005", "experiment.cv_iterations=100",
+]
+
+
+@pytest.mark.slow
+def test_table3_runs_every_row_end_to_end_on_a_tiny_budget(tmp_path, synthetic_dataset):
+    """The synthetic dataset (24 frames of 128 x 128) under the name DIC-C2DH-HeLa; the budget of the tiny
+    ``rshn experiment`` run of tests/test_experiments.py (100 iterations per fold: fewer leave the tiny network with
+    one whole-frame instance, which py-ctcmetrics refuses to score)."""
+    import shutil
+
+    data = tmp_path / "ctc"
+    shutil.copytree(synthetic_dataset, data / "DIC-C2DH-HeLa")
+    out = tmp_path / "t3"
+    args = ["table3", "--data", str(data), "--out", str(out), "--profile", "cpu"]
+    for item in TABLE3_BUDGET:
+        args += ["--set", item]
+    assert main(args) == 0
+    table = json.loads((out / "table3.json").read_text())
+    assert [r["row"] for r in table["rows"]] == [row.name for row in ROWS]
+    assert table["datasets"] == ["DIC-C2DH-HeLa"] and table["cv_iterations"] == [100]
+    for row in table["rows"]:
+        cell = row["datasets"]["DIC-C2DH-HeLa"]
+        for metric in METRICS:
+            for value in (cell["ours"][metric], row["overall"]["ours"][metric], *[f[metric] for f in cell["folds"]]):
+                assert isinstance(value, float) and 0.0 <= value <= 1.0 and not math.isnan(value), (row["row"], metric)
+    markdown = (out / "table3.md").read_text()
+    body = [line for line in markdown.splitlines() if line.startswith("| RSHN") or line.startswith("| Volumetric")]
+    assert len(body) == len(ROWS) and not any("n/a" in line for line in body)
+    lines = list(csv.reader(io.StringIO((out / "table3.csv").read_text())))
+    assert len(lines) == 1 + len(ROWS) * 2 * 3 and all(line[5] for line in lines[1:])
+    assert (out / "table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(DATASETS) >= set(table["datasets"])
