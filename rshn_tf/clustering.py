@@ -40,15 +40,14 @@ from __future__ import annotations
 import functools
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from rshn_tf.blas_threads import single_threaded_blas
 from rshn_tf.config import PostprocessingConfig
 from rshn_tf.errors import RshnError
 
@@ -78,41 +77,6 @@ _LEADER_RADIUS = 0.15
 _SEED_LEADER_RADIUS = 0.35
 #: Points per block of a matrix product (bounds the temporary arrays).
 _CHUNK_POINTS = 8192
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# BLAS threads
-
-_blas_lock = threading.Lock()
-_blas_state: dict = {"users": 0, "limiter": None, "controller": None}
-
-
-@contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Limit BLAS to one thread while any caller is inside (thread-safe, nestable).
-
-    The matrix products of the mean shift are small: a second BLAS thread makes them slower, and much slower on a
-    busy machine. Parallelism comes from clustering tiles in parallel instead (:func:`cluster_tiles`).
-    """
-    with _blas_lock:
-        if _blas_state["users"] == 0:
-            try:
-                from threadpoolctl import ThreadpoolController  # installed with scikit-learn
-            except ImportError:  # pragma: no cover - scikit-learn always brings it
-                ThreadpoolController = None
-            if ThreadpoolController is not None:
-                if _blas_state["controller"] is None:
-                    _blas_state["controller"] = ThreadpoolController()
-                _blas_state["limiter"] = _blas_state["controller"].limit(limits=1, user_api="blas")
-        _blas_state["users"] += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_state["users"] -= 1
-            if _blas_state["users"] == 0 and _blas_state["limiter"] is not None:
-                _blas_state["limiter"].restore_original_limits()
-                _blas_state["limiter"] = None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ from typing import Optional
 
 import numpy as np
 
+from rshn_tf.blas_threads import single_threaded_blas  # small products: one BLAS thread each
+
 __all__ = ["hdbscan_labels", "reference_labels", "core_distances", "exact_reduced", "HdbscanTies"]
 
 #: Leaf size of the blocks of the core-distance search (speed only).
@@ -431,7 +433,6 @@ def hdbscan_labels(features: np.ndarray, min_cluster_size: int, workers: int = 1
         stats["fallback"] = False
     if count <= 1:
         return reference_labels(points, min_cluster_size)
-    from rshn_tf.clustering import single_threaded_blas  # small products: one BLAS thread each
 
     try:
         with single_threaded_blas():
