@@ -18,20 +18,9 @@ from rshn_tf.api import RSHN, Segmentation, check_video, override_texts
 from rshn_tf.cli import main
 from rshn_tf.config import load_config
 from rshn_tf.errors import RshnError
-from rshn_tf.model_folder import create_model_folder
-from tests.test_inference import tiny_config, tiny_model
+from tests.test_inference import model_dir  # noqa: F401  (the tiny model folder fixture, shared)
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    config = tiny_config()
-    config.model.filters = 8
-    config.model.embedding_size = 8
-    folder = tmp_path_factory.mktemp("model") / "model"
-    create_model_folder(config, tiny_model(config, seed=1), folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
