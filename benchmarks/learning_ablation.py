@@ -12,8 +12,9 @@ Rows are cumulative: each adds its settings to those of the rows above it (side 
 and are not carried further). Training rows train a new model; the
 inference rows (``blob_merge``, ``final_weights``) re-use the model of the last training row above them.
 
-* ``preset``: the dataset preset as it was (paper text: centroid neighbourhood with Table 1's r_N, windows anchored
-  on completely segmented frames, no augmentation extras, ``best`` weights, instance tile merge).
+* ``preset``: the dataset preset in the paper's text (profile ``paper_text`` under every row: centroid
+  neighbourhood with Table 1's r_N, windows anchored on completely segmented frames, no augmentation extras,
+  ``best`` weights, instance tile merge).
 * ``neighbours``: the code's neighbourhood recipe (dilation + disc, frames f-1 … f+1) and radii (factor x width).
 * ``any_seg``: windows anchored on any frame with SEG ground truth (the code's id list).
 * ``silver_truth``: frames without gold SEG take the CTC silver truth (``data.silver_truth``).
@@ -195,11 +196,14 @@ def budget_sets(iterations: int, snapshot_every: int) -> list[str]:
 
 
 def training_config(dataset: str, data_root: Path, resolved: Resolved, iterations: int, snapshot_every: int):
-    """The training configuration of a row: dataset preset + ``cpu`` profile + split + budget + row settings."""
+    """The training configuration of a row: dataset preset put back to the paper's text (profile ``paper_text``:
+    the rows add the code's behaviour one by one) + ``cpu`` profile + split + budget + row settings."""
     from rshn_tf.experiments import load_experiment_config
 
     sets = list(SPLITS[dataset].train_sets) + budget_sets(iterations, snapshot_every) + resolved.train_sets
-    return load_experiment_config(dataset, profile="cpu", overrides=sets, data=data_root / dataset), sets
+    config = load_experiment_config(dataset, profile="cpu", overrides=sets, data=data_root / dataset,
+                                    layers=["profiles/paper_text"])
+    return config, sets
 
 
 def test_data(dataset: str, data_root: Path, out: Path) -> Path:

@@ -90,8 +90,57 @@ def test_profile_layers_over_a_dataset_preset_and_keeps_its_values():
     assert cpu.inference.tile_overlap == 128
     paper = load_experiment_config("DIC-C2DH-HeLa", profile="paper")
     assert changed_keys(plain, paper) == []
-    with pytest.raises(RshnError, match="profile 'gpu' not found; bundled profiles: cpu, paper"):
+    with pytest.raises(RshnError, match="profile 'gpu' not found; bundled profiles: cpu, paper, paper_text"):
         load_experiment_config("DIC-C2DH-HeLa", profile="gpu")
+
+
+DATASET_PRESETS = ("DIC-C2DH-HeLa", "Fluo-C2DL-MSC", "Fluo-N2DH-GOWT1", "Fluo-N2DL-HeLa", "PhC-C2DH-U373",
+                   "Fluo-N2DH-SIM+")
+
+
+def code_behaviour_keys(text: str) -> set[str]:
+    """Keys of a preset YAML whose comment says "code (published models)" (a section line marks all its keys)."""
+    keys, section, marked_section = set(), None, False
+    for line in text.splitlines():
+        match = re.match(r"^(\w+):\s*(#.*)?$", line)
+        if match:
+            section, marked_section = match.group(1), "code (published models)" in (match.group(2) or "")
+            continue
+        match = re.match(r"^  (\w+):[^#]*(#.*)?$", line)
+        if match and section and (marked_section or "code (published models)" in (match.group(2) or "")):
+            keys.add(f"{section}.{match.group(1)}")
+    return keys
+
+
+@pytest.mark.parametrize("dataset", DATASET_PRESETS)
+def test_profile_paper_text_puts_every_code_behaviour_of_a_preset_back_to_the_paper_defaults(dataset):
+    marked = code_behaviour_keys((preset_dir() / f"{dataset}.yaml").read_text())
+    assert "data.seg_sample_frames" in marked  # every dataset preset anchors on any SEG frame (code)
+    profile = load_config("profiles/paper_text")
+    listed = set(changed_keys(Config(), profile)) | {
+        f"{section}.{key}" for section, keys in
+        __import__("yaml").safe_load((preset_dir() / "profiles" / "paper_text.yaml").read_text()).items()
+        for key in keys}
+    assert marked <= listed, f"{dataset}: code behaviours missing from profiles/paper_text.yaml: {marked - listed}"
+    paper = load_experiment_config(dataset, profile="paper_text")
+    plain = load_experiment_config(dataset)
+    assert not set(changed_keys(Config(), paper)) & listed  # all of them back at the paper's defaults
+    assert set(changed_keys(plain, paper)) == {key for key in marked if key in changed_keys(Config(), plain)}
+
+
+def test_dic_preset_uses_the_code_augmentation_extras_measured_in_the_ablation():
+    config = load_config("DIC-C2DH-HeLa")
+    assert config.data.mirror_padding and config.data.label_blur_sigma == 2.0
+    assert (config.augmentation.scale_mode, config.augmentation.translation_fraction, config.augmentation.gamma_range,
+            config.augmentation.per_frame_shift, config.augmentation.per_frame_scale) == (
+        "code_product", 0.35, [0.6, 1.4], 0.1, 0.1)
+
+
+@pytest.mark.parametrize("name", ["DIC-C2DH-HeLa-cpu", "Fluo-N2DL-HeLa-cpu"])
+def test_model_recipe_reproduces_the_shipped_model_configuration(name):
+    recipe = load_config(preset_dir() / "models" / f"{name}.yaml")
+    shipped = load_config(REPO_ROOT / "models" / name / "config.yaml")
+    assert changed_keys(recipe, shipped) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
