@@ -29,7 +29,8 @@ inference rows (``blob_merge``, ``final_weights``) re-use the model of the last 
 
 Side rows (not carried further): ``grid128_centroid`` (DIC-C2DH-HeLa: grid128 with the paper's centroid
 neighbourhood) and ``recipe`` (Fluo-N2DL-HeLa: the recipe of the shipped model, ``experiments/models``, on the time
-split, i.e. its score on frames it never saw).
+split, i.e. its score on frames it never saw) and ``recipe_augmentation`` (that recipe with the code's augmentation
+extras, which cut the merged cells of DIC-C2DH-HeLa in half).
 
 Usage (one training at a time; each row 30-40 min on 2 cores; finished rows are skipped, an interrupted training
 continues from its last checkpoint when the command is repeated)::
@@ -114,13 +115,19 @@ class Row:
     base: Optional[str] = None
 
 
-def rows_for(dataset: str) -> list[Row]:
-    """The ablation rows of a dataset, in order (each adds to the rows above)."""
+def augmentation_sets(dataset: str) -> tuple[str, ...]:
+    """The code's augmentation extras of a dataset as ``--set`` strings (DIC also translation and label blur)."""
     augmentation = ["data.mirror_padding=true", "augmentation.gamma_range=[0.6, 1.4]",
                     "augmentation.per_frame_shift=0.1", "augmentation.per_frame_scale=0.1",
                     "augmentation.scale_mode=code_product"]
     if dataset == "DIC-C2DH-HeLa":
         augmentation += ["augmentation.translation_fraction=0.35", "data.label_blur_sigma=2.0"]
+    return tuple(augmentation)
+
+
+def rows_for(dataset: str) -> list[Row]:
+    """The ablation rows of a dataset, in order (each adds to the rows above)."""
+    augmentation = augmentation_sets(dataset)
     return [
         Row("preset", "the preset in paper text (windows anchored on complete SEG frames)",
             ("data.seg_sample_frames=complete",)),
@@ -129,7 +136,7 @@ def rows_for(dataset: str) -> list[Row]:
         Row("any_seg", "+ windows anchored on any SEG frame", ("data.seg_sample_frames=any",)),
         Row("silver_truth", "+ silver truth (GT+ST)", ("data.silver_truth=true",)),
         *DATASET_ROWS.get(dataset, []),
-        Row("augmentation", "+ code augmentation extras", tuple(augmentation)),
+        Row("augmentation", "+ code augmentation extras", augmentation),
         Row("blob_merge", "+ blob tile merge (32-px band)", (),
             ("postprocessing.merge_mode=blob", "postprocessing.merge_ignore_border=32")),
         Row("final_weights", "+ final weights", weights="last"),
@@ -156,7 +163,9 @@ SIDE_ROWS = {
     "DIC-C2DH-HeLa": [Row("grid128_centroid", "grid128 with the paper's centroid neighbourhood (r_N 25, Table 1 / 2)",
                           ("loss.neighbour_mode=centroid", "loss.neighbour_radius=25"), base="grid128")],
     "Fluo-N2DL-HeLa": [Row("recipe", "recipe of models/Fluo-N2DL-HeLa-cpu (32 filters, 6,000 it) on the time split",
-                           ("model.filters=32", "training.iterations=6000"), weights="last", base="rate3e-4")],
+                           ("model.filters=32", "training.iterations=6000"), weights="last", base="rate3e-4"),
+                       Row("recipe_augmentation", "recipe + the code's augmentation extras",
+                           augmentation_sets("Fluo-N2DL-HeLa"), base="recipe")],
 }
 
 
