@@ -66,3 +66,44 @@ def test_project_modules_import_each_other_without_a_cycle():
         graphlib.TopologicalSorter(graph).prepare()
     except graphlib.CycleError as error:
         pytest.fail(f"import cycle: {' -> '.join(error.args[1])}")
+
+
+#: Files whose comments and docstrings cite docs/fidelity.md, and the user docs that link to it.
+_CITING_FILES = ("rshn_tf/**/*.py", "data_io/**/*.py", "ctc_submission/**/*.py", "benchmarks/**/*.py",
+                 "tests/**/*.py", "experiments/**/*.yaml", "docs/**/*.md", "README.md")
+_SECTION = r"§\d+(?:\.\d+)?"
+_CITATION = re.compile(rf"fidelity\.md\)?\s+((?:{_SECTION}(?:\s*[–-]\s*{_SECTION})?(?:,\s*(?=§))?)+)")
+
+
+def _cited_fidelity_sections() -> dict[str, set[str]]:
+    """Section -> the files citing it as ``docs/fidelity.md §N.M`` (lists and ranges of sections included)."""
+    cited: dict[str, set[str]] = {}
+    for pattern in _CITING_FILES:
+        for path in REPO_ROOT.glob(pattern):
+            if path.name == "fidelity.md" or ".venv" in path.parts:
+                continue
+            for match in _CITATION.finditer(path.read_text(encoding="utf-8")):
+                for section in re.findall(_SECTION, match.group(1)):
+                    cited.setdefault(section, set()).add(str(path.relative_to(REPO_ROOT)))
+    return cited
+
+
+def test_every_cited_fidelity_section_exists():
+    headings = set(re.findall(rf"^#{{2,4}} ({_SECTION}) ",
+                              (REPO_ROOT / "docs" / "fidelity.md").read_text(encoding="utf-8"), flags=re.M))
+    cited = _cited_fidelity_sections()
+    assert len(cited) > 20, "the docstrings should cite docs/fidelity.md"
+    missing = {section: sorted(files) for section, files in cited.items() if section not in headings}
+    assert missing == {}
+
+
+def test_no_file_cites_the_absent_reference_notes():
+    offenders = []
+    for pattern in _CITING_FILES:
+        for path in REPO_ROOT.glob(pattern):
+            if ".venv" in path.parts:
+                continue
+            text = path.read_text(encoding="utf-8")
+            if re.search(r"reference[ ]notes|\bnotes[ ]§", text):  # [ ]: this line does not match itself
+                offenders.append(str(path.relative_to(REPO_ROOT)))
+    assert offenders == []
