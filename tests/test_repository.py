@@ -107,3 +107,25 @@ def test_no_file_cites_the_absent_reference_notes():
             if re.search(r"reference[ ]notes|\bnotes[ ]§", text):  # [ ]: this line does not match itself
                 offenders.append(str(path.relative_to(REPO_ROOT)))
     assert offenders == []
+
+
+def _markdown_anchors(path) -> set[str]:
+    """GitHub's anchors of the headings of a markdown file (code blocks skipped)."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+def test_relative_links_of_the_user_docs_resolve():
+    pages = [REPO_ROOT / "README.md", REPO_ROOT / "CHANGELOG.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _markdown_anchors(dest)):
+                broken.append(f"{page.relative_to(REPO_ROOT)}: {target}")
+    assert broken == []
