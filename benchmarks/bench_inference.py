@@ -9,8 +9,8 @@ TensorFlow's thread settings apply from the start):
   post-processing of random embeddings is not representative of a trained model (``--model`` for that).
   Printed per frame: reading + preprocessing, network, post-processing, the whole process (imports, model load and
   writing included), peak memory.
-* ``baseline``: the naive loop of the authors' code (notes §1.5, §5.1) on the same data: for every window and every
-  tile separately, states reset, l frames through ``tf.function(model.step)`` with batch 1; timed over
+* ``baseline``: the naive loop of the authors' code (docs/fidelity.md §1.5, §5.3) on the same data: for every window and
+  every tile separately, states reset, l frames through ``tf.function(model.step)`` with batch 1; timed over
   ``--baseline-windows`` windows; its network seconds per window is compared with the network seconds per window of
   ``speed`` (the ratio is machine-independent).
 * ``oracle``: the post-processing alone on oracle embeddings of DIC-C2DH-HeLa 02 (or ``--oracle-dataset

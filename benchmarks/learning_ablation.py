@@ -89,7 +89,7 @@ SPLITS = {
 #: Iterations of every row, chosen to train in ~30-40 min on 2 cores (0.25 s and 0.34 s per iteration).
 ITERATIONS = {"DIC-C2DH-HeLa": 8000, "Fluo-N2DL-HeLa": 7000}
 
-#: The code's neighbourhood radius, factor x width of the code's test size (notes §3.5).
+#: The code's neighbourhood radius, factor x width of the code's test size (docs/fidelity.md §2.6).
 CODE_RADIUS = {"DIC-C2DH-HeLa": 51.2, "Fluo-N2DL-HeLa": 30.7}
 
 

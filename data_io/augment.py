@@ -1,4 +1,5 @@
-"""Random spatial and intensity augmentation of a whole l-frame training window (paper §3.1; notes §4.3–§4.6).
+"""Random spatial and intensity augmentation of a whole l-frame training window (paper §3.1;
+docs/fidelity.md §3.5–§3.7).
 
 Parameters are drawn (:func:`sample_params`) separately from their application (:class:`SpatialTransform`,
 :func:`apply_intensity`), so their distribution can be checked cheaply and a sample can be regenerated from its
@@ -6,7 +7,7 @@ parameters. Every draw comes from one ``numpy.random.Generator`` in a fixed orde
 
 Geometry. ONE spatial transform is drawn per window and used for every frame, label image and mask of it. It maps a
 pixel p = (y, x) of the ``data.tile_size`` network tile to a point of the ORIGINAL frame; composed from the inside
-out (the authors' order, notes §4.3):
+out (the authors' order, docs/fidelity.md §3.5):
 
 1. elastic deformation: q = p + d(p), d a B-spline (order ``elastic_spline_order``, §3.1: 3) over the tile whose
    ``elastic_grid`` control points (§3.1: 6 × 6) are moved by U(-b, b) tile pixels per axis (b =
@@ -14,7 +15,7 @@ out (the authors' order, notes §4.3):
 2. centring: q - c_tile with c = (size - 1) / 2;
 3. scaling by s per axis (>1 zooms out: the tile covers more of the frame). Paper mode: one isotropic
    s ~ U(``scale_range``) (§3.1: [0.5, 1.5]); code mode (``scale_mode: code_product``): per-axis
-   U(1 ± δ) times isotropic U(1 ± δ), δ = ``code_scale_delta`` (notes §4.3);
+   U(1 ± δ) times isotropic U(1 ± δ), δ = ``code_scale_delta`` (docs/fidelity.md §3.5);
 4. rotation by U(``rotation_range``) degrees (§3.1: [-180, 180]);
 5. mirroring of each axis with probability ``mirror_probability`` (§3.1: 0.5);
 6. shift to the crop centre on the network grid: the grid centre plus a random offset U(-m, m) per axis with
@@ -28,7 +29,7 @@ dense displacement field over the tile, and every frame (``image_interpolation``
 (nearest, 0 outside) and mask (nearest) is resampled with it straight from its original-resolution array. Training
 therefore sees exactly the geometry of test-time preprocessing (``resample_2d`` to the network grid, then a tile)
 when the random parameters are neutral; the authors' code differs for datasets whose two axes are resampled with
-different factors (notes §4.5), which we do not copy. ``data.extra_scale`` (the code's test-time zoom) is not
+different factors (docs/fidelity.md §3.3), which we do not copy. ``data.extra_scale`` (the code's test-time zoom) is not
 applied in training.
 
 Intensities (after resampling, on the whole crop): optional gamma (code), then ``x ← (x + v_shift) · v_scale`` with
@@ -345,7 +346,7 @@ class SpatialTransform:
 def apply_intensity(frames: np.ndarray, params: IntensityParams) -> np.ndarray:
     """Apply a random intensity change to a resampled (T, H, W) window; returns float32.
 
-    Order (notes §4.4): gamma on the window rescaled to [0, 1] with its own min/max (if set), then
+    Order (docs/fidelity.md §3.6): gamma on the window rescaled to [0, 1] with its own min/max (if set), then
     ``(x + shift) · scale``, then per frame ``(x + frame_shift[t]) · frame_scale[t]``. No clipping.
     """
     out = np.asarray(frames, dtype=np.float64)
@@ -359,8 +360,8 @@ def apply_intensity(frames: np.ndarray, params: IntensityParams) -> np.ndarray:
 
 
 def smooth_labels(labels: np.ndarray, sigma: float) -> np.ndarray:
-    """The code's label smoothing (DIC-C2DH-HeLa, notes §4.6): blur each label's binary map (0 included) per frame
-    with a Gaussian of σ tile pixels and keep, per pixel, the label of the largest response.
+    """The code's label smoothing (DIC-C2DH-HeLa, docs/fidelity.md §3.7): blur each label's binary map (0 included) per
+    frame with a Gaussian of σ tile pixels and keep, per pixel, the label of the largest response.
 
     Args:
         labels: (T, H, W) integer labels.

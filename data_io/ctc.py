@@ -476,7 +476,7 @@ def load_sequence(dataset_dir: str | os.PathLike, seq: str | int, *, require_fra
     Works with raw frames only (challenge data), with TRA but no SEG, and on ground truth alone
     (``require_frames=False``). SEG without TRA is loaded but cannot be merged (``merged`` stays None).
 
-    Merging (paper section 4.2; reference notes section 4.1): the merged frame is the TRA frame; on a frame with a
+    Merging (paper section 4.2; docs/fidelity.md §3.1): the merged frame is the TRA frame; on a frame with a
     SEG file every SEG object takes the TRA id it overlaps most and its pixels overwrite the merged frame, so
     unsegmented cells keep their marker. Conflicts the authors' code does not handle are resolved as described in
     :func:`merge_seg_into_tra` and listed in ``Sequence.merge_issues`` (with one warning in the log).

@@ -1,4 +1,5 @@
-"""Intensity preprocessing of input frames and their way onto the network grid (paper §3.1, §4.2; notes §4.2).
+"""Intensity preprocessing of input frames and their way onto the network grid (paper §3.1, §4.2;
+docs/fidelity.md §3.2).
 
 Every input frame, in training and at test time, is
 
@@ -110,8 +111,8 @@ def preprocess_frames(frames: np.ndarray, config: DataConfig) -> np.ndarray:
 def preprocess_training_frames(frames: np.ndarray, config: DataConfig) -> tuple[np.ndarray, tuple[float, float]]:
     """Preprocess the frames of a training video, including the code's optional border crop and mirror padding.
 
-    Order per frame (notes §4.2): smoothing; cropping ``data.crop_border`` pixels from every side (code, MSC: 20;
-    the cropped rim then lies outside the frame and is filled with -1 by the augmentation, while labels keep it);
+    Order per frame (docs/fidelity.md §3.2): smoothing; cropping ``data.crop_border`` pixels from every side (code, MSC:
+    20; the cropped rim then lies outside the frame and is filled with -1 by the augmentation, while labels keep it);
     mirror padding by half the frame size on each side (``data.mirror_padding``, code: DIC, GOWT1, SIM+,
     N2DL-HeLa); robust normalisation computed on the cropped/padded frame. Without both options this is
     :func:`preprocess_frames`.
@@ -183,8 +184,8 @@ def to_network_grid(frame: np.ndarray, config: DataConfig, *, labels: bool = Fal
 def annotated_region(shape: Sequence[int], band: int) -> np.ndarray:
     """Mask of the annotated part of a CTC frame: everything except a rim of ``band`` original pixels.
 
-    CTC ground truth leaves cells in a rim along the image border un-annotated (notes §3.4: 50 px for most datasets,
-    25 px for Fluo-N2DL-HeLa, 0 for Fluo-N2DH-SIM+), so that rim must not be treated as background.
+    CTC ground truth leaves cells in a rim along the image border un-annotated (docs/fidelity.md §3.8: 50 px for most
+    datasets, 25 px for Fluo-N2DL-HeLa, 0 for Fluo-N2DH-SIM+), so that rim must not be treated as background.
 
     Args:
         shape: Frame size (height, width) in original pixels.

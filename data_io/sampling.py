@@ -16,9 +16,9 @@ feed the background term) or with any SEG (``any``, the authors' list). Two mode
   uniformly over all anchor frames of all videos, at a uniform position 0 … l-1 of the window; otherwise the window
   is drawn uniformly among all windows that contain no anchor frame (among all windows when there is none). So the
   fraction of samples that contain an anchor frame is ``seg_sample_fraction``.
-* ``code`` (notes §4.7): the anchor is drawn from an id list holding every frame once plus the anchor frames repeated
-  so that they make up ``seg_sample_fraction`` of the draws, and sits at window position 1 … l-1. Windows around
-  the plain frames often contain anchor frames too, so more samples contain one (DIC-C2DH-HeLa: about 80 %).
+* ``code`` (docs/fidelity.md §3.4): the anchor is drawn from an id list holding every frame once plus the anchor frames
+  repeated so that they make up ``seg_sample_fraction`` of the draws, and sits at window position 1 … l-1. Windows
+  around the plain frames often contain anchor frames too, so more samples contain one (DIC-C2DH-HeLa: about 80 %).
 
 Windows that would leave the video are shifted inside it.
 """

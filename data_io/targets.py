@@ -1,18 +1,18 @@
-"""Targets of the cosine embedding loss for one augmented window (paper §2.2, §4.2; notes §3.4–§3.7).
+"""Targets of the cosine embedding loss for one augmented window (paper §2.2, §4.2; docs/fidelity.md §2.5–§2.7).
 
 Everything here works on the augmented window at network-tile resolution: labels (T, H, W) are the merged ground
 truth (§4.2: SEG masks relabelled to TRA ids where segmented, TRA markers elsewhere) after the spatial transform,
 so instance ids are the TRA ids and stay consistent across the window.
 
 * Instances: every label present in the window; when there are more than ``loss.max_instances`` (code: 31), a
-  random subset of that size (notes §3.7). S(i) = all pixels of label i in any frame.
+  random subset of that size (docs/fidelity.md §2.7). S(i) = all pixels of label i in any frame.
 * Neighbours, ``loss.neighbour_mode = centroid`` (§2.2): j ≠ i is a neighbour of i when any pixel of j, in any frame,
   lies closer than r_N = ``loss.neighbour_radius`` to the centre of gravity of S(i) over the window. N(i) is the union
-  of all pixels of all neighbours in all frames. ``code`` mode: the authors' on-the-fly recipe (notes §3.5a), see
-  :func:`code_neighbours`. Neighbours are searched among ALL labels of the window, selected or not; background is
+  of all pixels of all neighbours in all frames. ``code`` mode: the authors' on-the-fly recipe (docs/fidelity.md §2.6),
+  see :func:`code_neighbours`. Neighbours are searched among ALL labels of the window, selected or not; background is
   never a neighbour.
-* r_N is measured in pixels of the augmented tile, as the authors' code does (notes §3.5: the radius is a fixed
-  number of crop pixels, not rescaled by the random zoom). Table 1 gives it for the un-augmented network grid, so
+* r_N is measured in pixels of the augmented tile, as the authors' code does (docs/fidelity.md §2.6: the radius is a
+  fixed number of crop pixels, not rescaled by the random zoom). Table 1 gives it for the un-augmented network grid, so
   at a random scale s a neighbourhood covers s times the network-grid radius.
 * Background (§4.2): S(b) = label-0 pixels and N(b) = labelled pixels, only in frames with complete SEG and only
   inside the annotated region (the frame minus the CTC border band), see :func:`background_targets`.
@@ -142,7 +142,7 @@ def centroid_neighbours(labels: np.ndarray, ids: Sequence[int], radius: float) -
 
 
 def code_neighbours(labels: np.ndarray, ids: Sequence[int], radius: float, dilation: int) -> list[np.ndarray]:
-    """Neighbours by the authors' on-the-fly recipe (notes §3.5a, ``loss.neighbour_mode = code``).
+    """Neighbours by the authors' on-the-fly recipe (docs/fidelity.md §2.6, ``loss.neighbour_mode = code``).
 
     For instance i: its mask is dilated per frame with a disk of diameter ``dilation``; in the frame before its first
     and after its last frame the dilated mask of the adjacent frame is added; in all frames from one before its first

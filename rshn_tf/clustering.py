@@ -1,4 +1,4 @@
-"""Clustering the embeddings of one 2-frame tile into instance labels (paper §2.3, §3.1, §5.3; notes §5.3).
+"""Clustering the embeddings of one 2-frame tile into instance labels (paper §2.3, §3.1, §5.3; docs/fidelity.md §6).
 
 Pipeline of :func:`cluster_tile` for the embeddings ``(2, h, w, D)`` of frames t and t+1 of one tile:
 
@@ -8,8 +8,8 @@ Pipeline of :func:`cluster_tile` for the embeddings ``(2, h, w, D)`` of frames t
    ``background_rule: first_pair_median`` (MICCAI 2018 code, for models with a learned background embedding):
    pixels whose dot product with the median embedding of the first frame pair is >= ``background_dot_threshold``.
 2. Features of the foreground pixels of both frames: [e, c·y, c·x] with tile-local row y and column x, the same
-   in both frames, no time coordinate (notes §5.3).
-3. Cosine mean shift with a flat kernel of bandwidth h in cosine distance (§2.3, notes §5.3), from
+   in both frames, no time coordinate (docs/fidelity.md §6.2).
+3. Cosine mean shift with a flat kernel of bandwidth h in cosine distance (§2.3, docs/fidelity.md §6.3), from
    ``num_seeds`` random foreground pixels, followed by de-duplication of the modes and the assignment of every
    foreground pixel to its nearest mode — or HDBSCAN (preliminary work, Table 3) when
    ``clustering: hdbscan``.
@@ -18,7 +18,7 @@ Pipeline of :func:`cluster_tile` for the embeddings ``(2, h, w, D)`` of frames t
    consecutive.
 
 Exactness. :func:`cosine_mean_shift` (fast) and :func:`cosine_mean_shift_reference` (one seed at a time, as in
-the notes) return identical modes and labels. Both first round the features to a fixed-point grid (multiples of
+the authors' code) return identical modes and labels. Both first round the features to a fixed-point grid (multiples of
 2^-b with at most 22 significant bits, far below any meaningful difference of embeddings), and the means to the
 same grid after every update. On that grid every dot product and every neighbour sum is exact, whatever the order
 of summation, so every decision (neighbour or not, converged or not, which mode is kept, which mode is nearest)
@@ -91,7 +91,7 @@ def foreground_mask(
 
     Without ``background`` (rule ``fixed``, §2.3): cos(e, e_b)² <= ``background_threshold`` with
     e_b = (1, 0, …, 0), computed as e₀² <= threshold · ‖e‖². With a ``background`` vector (rule
-    ``first_pair_median``, MICCAI 2018 code, notes §6): e · background < ``dot_threshold``.
+    ``first_pair_median``, MICCAI 2018 code, docs/fidelity.md §9.1): e · background < ``dot_threshold``.
 
     Args:
         embeddings: Float array (..., D); channel 0 is the direction of the background embedding e_b.
@@ -111,7 +111,7 @@ def foreground_mask(
 
 
 def first_pair_background(tiles: Sequence[np.ndarray]) -> np.ndarray:
-    """The background vector of the rule ``first_pair_median`` (MICCAI 2018 code, notes §6).
+    """The background vector of the rule ``first_pair_median`` (MICCAI 2018 code, docs/fidelity.md §9.1).
 
     The component-wise median of the embeddings of all pixels of the first frame pair (every pixel of every tile,
     all-zero padding excluded), in float64 and not normalised.
@@ -136,7 +136,7 @@ def first_pair_background(tiles: Sequence[np.ndarray]) -> np.ndarray:
 def tile_features(
     embeddings: np.ndarray, mask: np.ndarray, coordinate_factor: float
 ) -> np.ndarray:
-    """Return the clustering features [e, c·y, c·x] of the masked pixels of a tile (notes §5.3).
+    """Return the clustering features [e, c·y, c·x] of the masked pixels of a tile (docs/fidelity.md §6.2).
 
     Args:
         embeddings: Array (T, h, w, D).
@@ -293,7 +293,7 @@ def cosine_mean_shift_reference(
     max_iterations: int,
     tolerance: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine mean shift with a flat kernel, one seed after the other (notes §5.3; the readable version).
+    """Cosine mean shift with a flat kernel, one seed after the other (docs/fidelity.md §6.3; the readable version).
 
     For each seed: the neighbours of the current mean are all points within cosine distance ``bandwidth``
     (1 − cos ≤ h over the whole feature vectors); the new mean is their arithmetic mean; the seed stops when the
@@ -556,7 +556,7 @@ def cosine_mean_shift(
 
 
 def hdbscan_clusters(features: np.ndarray, min_cluster_size: int, workers: int = 1) -> np.ndarray:
-    """HDBSCAN clusters of the features as in the preliminary work (notes §5.3); -1 marks noise.
+    """HDBSCAN clusters of the features as in the preliminary work (docs/fidelity.md §6.5); -1 marks noise.
 
     The labels of ``hdbscan.HDBSCAN(min_cluster_size=m, min_samples=m, metric="euclidean",
     algorithm="boruvka_kdtree", leaf_size=25)``, computed by :func:`rshn_tf.fast_hdbscan.hdbscan_labels` (exact
@@ -576,7 +576,7 @@ def hdbscan_clusters(features: np.ndarray, min_cluster_size: int, workers: int =
 
 
 def split_components(clusters: np.ndarray, min_size: int) -> np.ndarray:
-    """Split every cluster into connected components and drop small ones (notes §5.3 step 5).
+    """Split every cluster into connected components and drop small ones (docs/fidelity.md §6.4).
 
     Connectivity is 3-D connectivity 2 (18-neighbourhood) in (t, y, x) over the whole stack; a component is
     removed when its voxel count over all frames is below ``min_size``.
@@ -643,7 +643,7 @@ def cluster_tile(
     embeddings: np.ndarray, config: PostprocessingConfig, seed: Optional[int] = None, workers: int = 1,
     background: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Cluster the embeddings of one 2-frame tile into instance labels (§2.3; notes §5.3).
+    """Cluster the embeddings of one 2-frame tile into instance labels (§2.3; docs/fidelity.md §6).
 
     Args:
         embeddings: Float array (2, h, w, D) of per-pixel L2-normalised embeddings of frames t and t+1 at network

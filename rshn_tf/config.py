@@ -3,7 +3,7 @@
 Every number of the method has exactly one home here. Defaults follow Payer et al., Medical Image Analysis 2019
 ("the paper", section numbers given as §); where the authors' public TF1 code behaves differently, the code's
 behaviour is offered as an option and the docstring says so ("code:"). Per-dataset values (paper Table 1 and the
-reference notes) live in the YAML presets of ``experiments/`` and are layered over these defaults.
+authors' code, docs/fidelity.md §10) live in the YAML presets of ``experiments/`` and are layered over these defaults.
 
 Loading rules:
     * A YAML file holds some of the sections ``data``, ``model``, ``augmentation``, ``loss``, ``training``,
@@ -67,16 +67,16 @@ class DataConfig:
         smoothing_sigma: Gaussian smoothing σ in pixels applied to every input frame (§3.1: 1).
         normalization_percentiles: Robust minimum/maximum percentiles mapped to -1/1 (§3.1: 0.1 % / 99.9 %;
             code: 0.05 / 99.95).
-        border_band: Width in original pixels of the un-annotated CTC image rim (reference notes §3.4, §5.6): no
+        border_band: Width in original pixels of the un-annotated CTC image rim (docs/fidelity.md §3.8, §7.5): no
             background loss there, and instances lying wholly inside it are removed from results
             (50 px for most datasets, 25 for Fluo-N2DL-HeLa, 0 for Fluo-N2DH-SIM+).
         seg_sample_fraction: Fraction of training samples that contain a frame with SEG ground truth (§4.2: about
             every second mini-batch).
         complete_seg_min_coverage: A SEG frame counts as completely segmented, and so enters the background term
             (§4.2: "frames on which every cell is segmented"), when at least this fraction of its TRA markers got a
-            SEG mask. The authors' hand-made lists (notes §3.4) accept frames with one or two unsegmented cells:
-            0.8 reproduces their DIC-C2DH-HeLa count (17 of 18 SEG frames). 1.0 is the literal reading, which leaves
-            Fluo-N2DL-HeLa 01 without a single complete frame.
+            SEG mask. The authors' hand-made lists (docs/fidelity.md §3.8) accept frames with one or two unsegmented
+            cells: 0.8 reproduces their DIC-C2DH-HeLa count (17 of 18 SEG frames). 1.0 is the literal reading, which
+            leaves Fluo-N2DL-HeLa 01 without a single complete frame.
         mirror_padding: Code: mirror-pad frames by half their size before cropping (DIC, GOWT1, SIM+, N2DL-HeLa);
             paper: no padding, pixels outside the image are invalid.
         crop_border: Code: pixels cropped from every side of training frames before augmentation (MSC: 20).
@@ -85,12 +85,12 @@ class DataConfig:
         prefetch: Training samples prepared ahead of the train step.
         seg_sample_frames: Which frames anchor the ``seg_sample_fraction`` windows: ``complete`` (frames with
             complete SEG, the ones that feed the background term; §4.2 read with the background term in mind) or
-            ``any`` frame with SEG ground truth (code: its id list repeats every SEG frame, notes §4.7).
+            ``any`` frame with SEG ground truth (code: its id list repeats every SEG frame, docs/fidelity.md §3.4).
         worker_type: ``thread`` or ``process``: how the ``num_workers`` sample workers run (same samples either way).
         seg_sample_mode: ``paper``: a ``seg_sample_fraction`` of the windows contain a ``seg_sample_frames`` frame,
             the others none (§4.2, "approximately every second mini-batch"). ``code``: the authors' id list, all
-            frames once plus the SEG frames repeated to make up that fraction of the anchors (notes §4.7); more
-            windows then contain a SEG frame (DIC-C2DH-HeLa: about 80 %).
+            frames once plus the SEG frames repeated to make up that fraction of the anchors (docs/fidelity.md §3.4);
+            more windows then contain a SEG frame (DIC-C2DH-HeLa: about 80 %).
         train_frames: ``[start, stop]``: train only on frames start … stop - 1 of every training sequence (e.g. to
             score a model on the later frames of a dataset with one annotated video); ``null`` = all frames.
         silver_truth: Train on the CTC silver truth (``0X_ST/SEG``) too: every frame without gold SEG takes the
@@ -125,7 +125,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The recurrent stacked hourglass network and its baselines (§2.1, §3.1, §5.1, §5.2; notes §1–§2).
+    """The recurrent stacked hourglass network and its baselines (§2.1, §3.1, §5.1, §5.2; docs/fidelity.md §1, §9).
 
     Attributes:
         architecture: ``rshn`` (recurrent stacked hourglass, §2.1), ``shn`` (non-recurrent: each ConvGRU replaced by
@@ -138,10 +138,12 @@ class ModelConfig:
         activation: Activation of the convolutions (§3.1: ReLU).
         gru_activation: Activation of the ConvGRU candidate (§3.1: ReLU; Ballas et al. use tanh).
         gate_init_scale: Variance-scaling factor (fan-in, truncated normal) of the ConvGRU gate kernels. Code: 1.0
-            (LeCun-like, notes §1.3), which the issue asks for and which we use; paper text: He (2.0) for all convs.
-        input_conv: Per-hourglass 1×1 input convolution with ``filters`` outputs and ReLU (code, notes §1.2; needed
-            for the authors' parameter count of 4,136,608; not drawn in the paper). ``null`` = the architecture's
-            code default: on for ``rshn`` and ``shn``, off for ``volumetric`` (notes §2.1).
+            (LeCun-like, docs/fidelity.md §1.3), which the issue asks for and which we use; paper text: He (2.0) for
+            all convs.
+        input_conv: Per-hourglass 1×1 input convolution with ``filters`` outputs and ReLU (code,
+            docs/fidelity.md §1.2; needed for the authors' parameter count of 4,136,608; not drawn in the paper).
+            ``null`` = the architecture's code default: on for ``rshn`` and ``shn``, off for ``volumetric``
+            (docs/fidelity.md §9.2).
         output_kernel_size: Kernel size of the linear output convolution (code MIA: 1; MICCAI: 3).
         normalization_epsilon: ε of the L2 normalisation of the first hourglass's embeddings before they are fed to
             the next one (code: 1e-4).
@@ -172,7 +174,7 @@ class AugmentationConfig:
         rotation_range: Rotation angle range in degrees, r (§3.1: [-180, 180]).
         scale_range: Scale range sc (§3.1: [0.5, 1.5]).
         scale_mode: ``uniform``: one isotropic draw from ``scale_range`` (paper). ``code_product``: per-axis
-            U(1 ± ``code_scale_delta``) times isotropic U(1 ± ``code_scale_delta``) (code, notes §4.3).
+            U(1 ± ``code_scale_delta``) times isotropic U(1 ± ``code_scale_delta``) (code, docs/fidelity.md §3.5).
         code_scale_delta: Half-width of each of the code's two scale draws (code: 0.25).
         elastic_grid: Control-point grid of the elastic B-spline deformation, g (§3.1: 6 × 6).
         elastic_displacement: Maximum control-point displacement in pixels, b (§3.1: [-10, 10]).
@@ -206,7 +208,7 @@ class AugmentationConfig:
 
 @dataclass
 class LossConfig:
-    """The cosine embedding loss and its targets (§2.2, §4.2; notes §3).
+    """The cosine embedding loss and its targets (§2.2, §4.2; docs/fidelity.md §2).
 
     Attributes:
         variant: ``paper`` for eqs. 1–6 (squared cosine in both terms, background mean fixed to
@@ -218,12 +220,12 @@ class LossConfig:
             within r_N of the centre of gravity of S(i) over the window (§2.2).
         neighbour_mode: ``centroid`` (paper definition) or ``code`` (the authors' on-the-fly recipe: instance
             dilated by ``neighbour_dilation`` px, disk of radius r_N at the sequence centroid in frames where the
-            instance lives ±1; notes §3.5a).
+            instance lives ±1; docs/fidelity.md §2.6).
         neighbour_dilation: Code: diameter of the disk the instance is dilated with in ``code`` mode (5).
-        hourglass_weights: Weight of the loss on each hourglass output (notes §3.6: 1 and 1).
+        hourglass_weights: Weight of the loss on each hourglass output (docs/fidelity.md §2.4: 1 and 1).
         background_weight: Weight of the background term L(b) (eq. 6: 1).
         epsilon: ε of the L2 normalisation of pixel and mean embeddings inside the loss, x / sqrt(max(‖x‖², ε))
-            (code: the ``tf.nn.l2_normalize`` default 1e-12, notes §3.2); a zero vector gets cosine 0.
+            (code: the ``tf.nn.l2_normalize`` default 1e-12, docs/fidelity.md §2.1); a zero vector gets cosine 0.
     """
 
     variant: Literal["paper", "miccai2018"] = "paper"
@@ -238,7 +240,7 @@ class LossConfig:
 
 @dataclass
 class TrainingConfig:
-    """Optimisation schedule and bookkeeping (§3.1; notes §4.8).
+    """Optimisation schedule and bookkeeping (§3.1; docs/fidelity.md §4).
 
     Attributes:
         iterations: Training iterations (§3.1: 60,000; Table 3 cross-validation in the code: 40,000).
@@ -256,7 +258,7 @@ class TrainingConfig:
         max_checkpoints: Checkpoints kept on disk.
         snapshot_every: Iterations between weight snapshots kept for good in ``snapshots/`` of the model folder
             (``weights.NNNNNN.weights.h5``), e.g. to score the model along training; 0 = none (the code keeps a
-            snapshot every 10,000 iterations, notes §4.8).
+            snapshot every 10,000 iterations, docs/fidelity.md §4.3).
         log_every: Iterations between TensorBoard scalar summaries.
         image_every: Iterations between TensorBoard embedding images (0 = none).
         validation_every: Iterations between validation-loss evaluations used to pick the ``best`` weights
@@ -295,7 +297,7 @@ class TrainingConfig:
 
 @dataclass
 class InferenceConfig:
-    """Sliding windows and tiles at test time (§2.4, §2.5, §4.2; notes §5.1–§5.2).
+    """Sliding windows and tiles at test time (§2.4, §2.5, §4.2; docs/fidelity.md §5).
 
     Attributes:
         tile_size: Size of the inference tiles (height, width), the units of the network (tiles mode) and of the
@@ -350,7 +352,7 @@ class InferenceConfig:
 
 @dataclass
 class PostprocessingConfig:
-    """Clustering one 2-frame tile into instances and merging tiles (§2.3, §2.4, Table 1; notes §5.3–§5.4).
+    """Clustering one 2-frame tile into instances and merging tiles (§2.3, §2.4, Table 1; docs/fidelity.md §6).
 
     Attributes:
         clustering: ``mean_shift`` (cosine mean shift, §2.3) or ``hdbscan`` (preliminary work, Table 3).
@@ -368,21 +370,21 @@ class PostprocessingConfig:
         merge_ignore_border: Code: width of the band along inner tile edges in which instances are ignored when
             merging tiles (submission: 32); paper: 0.
         merge_mode: ``instance``: the largest candidate instance wins (§2.4). ``blob``: the code's comparison of
-            connected foreground blobs (notes §5.4).
+            connected foreground blobs (docs/fidelity.md §6.6).
         merge_overlap_fraction: ``instance`` mode: a candidate is the same instance as an already kept larger one
             when more than this fraction of its area lies on it (then dropped); otherwise its free pixels are kept
             as a new instance. The paper does not say how candidates of different tiles are matched; 0.5 is ours
             (the matching rule of the CTC SEG measure).
         background_rule: How background pixels are found. ``fixed``: the fixed background embedding
             e_b = (1, 0, …, 0) and ``background_threshold`` (§2.3). ``first_pair_median``: the rule of the MICCAI 2018
-            submission (notes §6; the MICCAI paper, §2, only says background is learned as an ordinary instance): the
-            background vector is the component-wise median of the embeddings of all pixels of the first frame pair
-            (all its tiles; not normalised), kept for the whole video, and a pixel is foreground where its dot
-            product with it is below ``background_dot_threshold``. null (default): ``first_pair_median`` when
+            submission (docs/fidelity.md §9.1; the MICCAI paper, §2, only says background is learned as an ordinary
+            instance): the background vector is the component-wise median of the embeddings of all pixels of the first
+            frame pair (all its tiles; not normalised), kept for the whole video, and a pixel is foreground where its
+            dot product with it is below ``background_dot_threshold``. null (default): ``first_pair_median`` when
             ``loss.variant`` is ``miccai2018`` (that model learns its background embedding instead of e_b), else
             ``fixed``.
         background_dot_threshold: ``first_pair_median``: pixels whose dot product with the background vector is
-            at least this are background (MICCAI 2018 code, notes §6: 0.95).
+            at least this are background (MICCAI 2018 code, docs/fidelity.md §9.1: 0.95).
     """
 
     clustering: Literal["mean_shift", "hdbscan"] = "mean_shift"
@@ -405,7 +407,7 @@ class PostprocessingConfig:
 
 @dataclass
 class TrackingConfig:
-    """Linking frame pairs into tracks and finishing the lineage (§2.5, §4.2; notes §5.5–§5.7).
+    """Linking frame pairs into tracks and finishing the lineage (§2.5, §4.2; docs/fidelity.md §7).
 
     Attributes:
         link_iou_threshold: Minimum IoU for linking an instance of the shared frame of two pairs (code: 0.25).
@@ -417,7 +419,7 @@ class TrackingConfig:
         min_track_length: t_length: parent-less tracks shorter than this many frames are removed (§4.2: 2).
         merge_search_frames: t_merge: a split that re-merges within this many frames is undone (§4.2: 10).
         merge_first_frame_tracks: Code: a track that starts in frame 0 and merges into another track within
-            t_merge frames is also treated as a false split and relabelled (notes §5.5); paper (§2.5): only
+            t_merge frames is also treated as a false split and relabelled (docs/fidelity.md §7.2); paper (§2.5): only
             instances that split off another one are repaired, so off.
         resample_interpolation: Interpolation of labels back to the original size: ``label_gaussian`` (code) or
             ``nearest``.
@@ -446,13 +448,13 @@ class ExperimentConfig:
             with one annotated video, train on frames 0 … ``split_frame`` - 1 of ``data.train_sequences`` and
             evaluate on their later frames (written as sequences of their own, renumbered from 0).
         output_dir: Folder of the run (models, predictions, results.json/results.md).
-        cv_iterations: Iterations of each cross-validation fold (code: 40,000, notes §4.8); ``train_all`` and
+        cv_iterations: Iterations of each cross-validation fold (code: 40,000, docs/fidelity.md §4.2); ``train_all`` and
             ``holdout`` train for ``training.iterations``.
         test_sequences: ``holdout`` mode: the sequences that are predicted and evaluated.
         split_frame: ``time_split`` mode: the first frame of the evaluated part (e.g. 60 of Fluo-N2DL-HeLa's 92).
         weights: Weights of the trained model used for prediction: ``last`` (the end of training, as the paper's
-            code evaluates its folds at max_iter, notes §4.8) or ``best`` (lowest validation or smoothed training
-            loss).
+            code evaluates its folds at max_iter, docs/fidelity.md §4.3) or ``best`` (lowest validation or smoothed
+            training loss).
         synthetic_frames: ``rshn demo``: frames of each synthetic sequence (not a paper value).
         synthetic_size: ``rshn demo``: frame size (height, width) of the synthetic sequences (not a paper value).
     """

@@ -18,8 +18,8 @@ to temporary folders and renamed, so an interrupted step leaves nothing half-wri
 
 Folds (``experiment.mode``): ``two_fold`` uses the two ``data.train_sequences`` (``fold1`` trains on the first and
 is evaluated on the second, ``fold2`` the reverse) and trains each fold for ``experiment.cv_iterations``
-(the code's 40,000, notes §4.8); ``train_all`` trains one model (``all``) for ``training.iterations`` and evaluates
-it on its own training sequences; ``holdout`` trains on ``data.train_sequences`` and evaluates on
+(the code's 40,000, docs/fidelity.md §4.2); ``train_all`` trains one model (``all``) for ``training.iterations`` and
+evaluates it on its own training sequences; ``holdout`` trains on ``data.train_sequences`` and evaluates on
 ``experiment.test_sequences``; ``time_split`` trains on the frames before ``experiment.split_frame`` of
 ``data.train_sequences`` and evaluates on the later ones, which a ``split[SEQ]`` step first writes as a dataset of
 their own (``OUT/time_split/data``, frames and ground truth renumbered from 0).

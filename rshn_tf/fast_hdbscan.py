@@ -1,4 +1,5 @@
-"""HDBSCAN of the preliminary work (paper §5.3, Table 3; notes §5.3) with the labels of ``hdbscan.HDBSCAN``, faster.
+"""HDBSCAN of the preliminary work (paper §5.3, Table 3; docs/fidelity.md §6.5) with the labels of ``hdbscan.HDBSCAN``,
+faster.
 
 The reference is ``hdbscan.HDBSCAN(min_cluster_size=m, min_samples=m, metric="euclidean",
 algorithm="boruvka_kdtree", leaf_size=25, core_dist_n_jobs=1).fit_predict(X)`` (:func:`reference_labels`). Almost
@@ -58,7 +59,7 @@ _FIRST_BLOCKS_FACTOR = 1.5
 _NEAREST_KEPT = 8
 #: Unit round-off of float32.
 _U32 = 2.0 ** -24
-#: Leaf size of the reference's core-distance tree (notes §5.3); the Borůvka tree uses a third of it.
+#: Leaf size of the reference's core-distance tree (docs/fidelity.md §6.5); the Borůvka tree uses a third of it.
 REFERENCE_LEAF_SIZE = 25
 
 
@@ -67,7 +68,7 @@ class HdbscanTies(Exception):
 
 
 def reference_labels(features: np.ndarray, min_cluster_size: int) -> np.ndarray:
-    """The plain library call of the preliminary work: ``hdbscan.HDBSCAN(...).fit_predict`` (notes §5.3).
+    """The plain library call of the preliminary work: ``hdbscan.HDBSCAN(...).fit_predict`` (docs/fidelity.md §6.5).
 
     ``min_cluster_size = min_samples = m``, Euclidean metric, Borůvka k-d tree, leaf size 25, one core-distance job.
 

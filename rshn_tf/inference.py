@@ -1,5 +1,5 @@
 """The network engine: a video's frames → the embeddings of every consecutive frame pair, by sliding windows, tiles
-and ConvGRU states (paper §2.4, §2.5, §4.2; reference notes §1.5, §5.1, §5.2).
+and ConvGRU states (paper §2.4, §2.5, §4.2; docs/fidelity.md §1.5, §5.2, §5.3).
 
 This module only runs the network. What happens to the pairs (post-processing, saving, checkpoints) is up to the
 caller: the Python API :class:`rshn_tf.api.RSHN` and ``rshn predict`` (:mod:`rshn_tf.predict_folder`).
@@ -35,8 +35,8 @@ Batching (``inference.batch_tiles``, ``inference.max_batch_tiles``, default one 
 loop): the tiles of a frame go through one ``tf.function`` call per batch of up to ``max_batch_tiles`` tiles (the
 traced function has a free batch axis, so a smaller last batch does not retrace). Results equal the per-tile loop
 up to float rounding of the convolution library. A window runs batch by batch (tile-major, like the authors' loop,
-notes §5.1): one batch runs all frames of the window before the next batch starts, so only one batch's ConvGRU
-states are alive; the memory of a window is the used embeddings of all tiles plus one batch's states and
+docs/fidelity.md §5.3): one batch runs all frames of the window before the next batch starts, so only one batch's
+ConvGRU states are alive; the memory of a window is the used embeddings of all tiles plus one batch's states and
 activations, whatever the number of tiles.
 
 Architectures: the RSHN runs frame by frame with explicit states (:meth:`RecurrentStackedHourglass.step`; frames
@@ -45,7 +45,7 @@ whose embeddings a window does not use only advance the states, :meth:`Recurrent
 state-independent part is reused across windows where it fits, :class:`EncodedRecurrence`); the SHN
 has no temporal context, so each frame runs once and consecutive frames form the pairs (the same embeddings any
 window would give); the volumetric network runs each window (B, l, h, w, 1) in one pass, and pairs are taken from
-its output volume like for the RSHN (notes §2.1).
+its output volume like for the RSHN (docs/fidelity.md §9.2).
 
 TensorFlow is imported inside the functions that run the network.
 """
@@ -104,7 +104,7 @@ class Window:
 
 
 def plan_windows(num_frames: int, sequence_length: int) -> list[Window]:
-    """The windows of a video and the pairs each one provides (§2.5; notes §5.1; see the module docstring).
+    """The windows of a video and the pairs each one provides (§2.5; docs/fidelity.md §5.2; see the module docstring).
 
     Args:
         num_frames: Frames T of the video (at least 1).
@@ -214,7 +214,8 @@ def central_owner(grid: TileGrid) -> np.ndarray:
 
 
 class TileLayout:
-    """Tiles mode: the network runs on the inference tiles of the network-grid frame (§2.4, §4.2; notes §5.2).
+    """Tiles mode: the network runs on the inference tiles of the network-grid frame (§2.4, §4.2;
+    docs/fidelity.md §5.3).
 
     Args:
         geometry: The grids of the video (the tiles are ``geometry.tiles``).
@@ -426,7 +427,7 @@ class PairEmbedder:
         return self.layout.inputs(source[t])
 
     def _window_rshn(self, source: FrameSource, window: Window) -> Iterator[tuple[np.ndarray, np.ndarray, tuple]]:
-        """Run a window tile by tile, as the authors' code does (notes §1.5, §5.1).
+        """Run a window tile by tile, as the authors' code does (docs/fidelity.md §1.5, §5.3).
 
         Each batch of inputs runs all frames of the window from zero states (§2.5) before the next batch starts, so
         only one batch's ConvGRU states exist at a time; the embeddings of the frames the window's pairs use are
@@ -464,7 +465,8 @@ class PairEmbedder:
 
     def _window_volumetric(self, source: FrameSource, window: Window) -> Iterator[tuple[np.ndarray, np.ndarray,
                                                                                          tuple]]:
-        """Run the whole window in one pass per batch of inputs; pairs come from the output volume (notes §2.1)."""
+        """Run the whole window in one pass per batch of inputs; pairs come from the output volume
+        (docs/fidelity.md §9.2)."""
         import tensorflow as tf
 
         volume = np.stack([self._inputs(source, t) for t in window.frames], axis=1)  # (n, L, h, w, 1)

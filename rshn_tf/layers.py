@@ -1,4 +1,5 @@
-"""Keras building blocks of the (recurrent) stacked hourglass networks (paper §2.1, §3.1, §5.1, §5.2; notes §1–§2).
+"""Keras building blocks of the (recurrent) stacked hourglass networks (paper §2.1, §3.1, §5.1, §5.2;
+docs/fidelity.md §1, §9).
 
 Everything here is written with ``keras.layers`` and ``keras.ops`` only, so it is backend-neutral. Data layout is
 channels-last. The blocks:
@@ -31,7 +32,7 @@ DOWNSAMPLING_FACTOR = 2
 def kernel_regularizer(l2_factor: float) -> Optional[keras.regularizers.Regularizer]:
     """The weight decay of one convolution kernel, or ``None`` when ``l2_factor`` is 0.
 
-    The paper's term is λ·Σw²/2 (§3.1; TF1 ``tf.nn.l2_loss``, notes §1.6), Keras' ``L2(f)`` adds f·Σw², hence
+    The paper's term is λ·Σw²/2 (§3.1; TF1 ``tf.nn.l2_loss``, docs/fidelity.md §1.6), Keras' ``L2(f)`` adds f·Σw², hence
     ``L2(λ/2)``. Only kernels are regularised, never biases.
 
     Args:
@@ -50,8 +51,8 @@ def he_initializer() -> keras.initializers.Initializer:
 def gate_initializer(scale: float) -> keras.initializers.Initializer:
     """Initialiser of the ConvGRU gate kernels: variance scaling with ``scale`` (fan-in, truncated normal).
 
-    ``scale`` 1.0 is the authors' MIA code (notes §1.3), 2.0 the paper's text (He), 0.0 all-zero kernels (the
-    MICCAI 2018 code, notes §1.7).
+    ``scale`` 1.0 is the authors' MIA code (docs/fidelity.md §1.3), 2.0 the paper's text (He), 0.0 all-zero kernels (the
+    MICCAI 2018 code, docs/fidelity.md §9.1).
     """
     if scale < 0:
         raise ValueError(f"gate_init_scale must be non-negative, got {scale}")
@@ -61,7 +62,8 @@ def gate_initializer(scale: float) -> keras.initializers.Initializer:
 
 
 def l2_normalize(x: Any, epsilon: float = _DEFAULTS.normalization_epsilon) -> Any:
-    """L2-normalise ``x`` over its last (channel) axis as TF does: ``x / sqrt(max(Σx², epsilon))`` (notes §1.4)."""
+    """L2-normalise ``x`` over its last (channel) axis as TF does: ``x / sqrt(max(Σx², epsilon))``
+    (docs/fidelity.md §1.4)."""
     squared_norm = ops.sum(ops.square(x), axis=-1, keepdims=True)
     return x * ops.rsqrt(ops.maximum(squared_norm, epsilon))
 
@@ -97,7 +99,7 @@ def _conv(
 
 @keras.saving.register_keras_serializable(package="rshn_tf")
 class ConvGRU2D(keras.layers.Layer):
-    """Convolutional GRU of the parallel path (§2.1; Ballas et al. 2016; the MIA code's cell, notes §1.3).
+    """Convolutional GRU of the parallel path (§2.1; Ballas et al. 2016; the MIA code's cell, docs/fidelity.md §1.3).
 
     Called as ``layer(x, h)`` with x of shape (B, H, W, C) and the previous state h of shape (B, H, W, filters);
     returns the new state h', which is also the output::
@@ -219,7 +221,7 @@ class ConvGRU2D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="rshn_tf")
 class Hourglass(keras.layers.Layer):
-    """One hourglass of the stacked hourglass networks (§2.1, Fig. 2; notes §1.2, §2).
+    """One hourglass of the stacked hourglass networks (§2.1, Fig. 2; docs/fidelity.md §1.1, §1.2, §9.2, §9.3).
 
     Per level ℓ = 0..levels-1: a contracting convolution (max pooling between levels), a parallel block on the
     contracting output (ConvGRU2D for ``parallel='gru'``, a convolution for ``parallel='conv'``) and an expanding

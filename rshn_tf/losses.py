@@ -14,11 +14,11 @@ For one sample of ``l`` frames with raw (unnormalised) network embeddings e_p �
 Edge cases (not spelled out in the paper; chosen so that no term is ever 0/0): an empty N(i) gives L_N(i) = 0;
 instances with an empty S(i) are left out of the mean (padding masks are therefore harmless); without any
 instance the mean term is 0; an empty S(b) makes L_S(b) = 0, so with S(b) and N(b) both empty L(b) = 0.
-The authors' code differs in two corner cases that we do not copy (notes §3.2, §3.7): it divides the sum of the
-L(i) by the number of *non-zero* L(i) (an instance with loss exactly 0 is not counted), and its bit decoding
+The authors' code differs in two corner cases that we do not copy (docs/fidelity.md §2.4, §2.7): it divides the sum of
+the L(i) by the number of *non-zero* L(i) (an instance with loss exactly 0 is not counted), and its bit decoding
 drops the background term of a sample that has background but no foreground pixel.
 
-``variant='miccai2018'`` (Payer et al., MICCAI 2018, eq. 2; notes §3.8) changes two things: L_S(i) = 1 − mean
+``variant='miccai2018'`` (Payer et al., MICCAI 2018, eq. 2; docs/fidelity.md §9.1) changes two things: L_S(i) = 1 − mean
 cos(ē(i), e_p) (not squared) and ē(b) is learned, i.e. the mean raw embedding over S(b) like any instance.
 The aggregation stays eq. 6 (background term plus the mean over instances), whereas the MICCAI code averaged the
 background together with the instances.
@@ -249,7 +249,8 @@ def total_loss(
     """Training loss: eq. 6 on the output of every hourglass (§2.1) plus the L2 weight decay (§3.1).
 
     total = Σ_k w_k · batch-average_b(w_b · L_k(b) + mean_i L_k(i)) + scaled Σ regularization_losses, with
-    w_k = ``loss_config.hourglass_weights[k]`` (notes §3.6: 1 each) and w_b = ``loss_config.background_weight``.
+    w_k = ``loss_config.hourglass_weights[k]`` (docs/fidelity.md §2.4: 1 each) and w_b =
+    ``loss_config.background_weight``.
 
     The batch average is ``tf.nn.compute_average_loss``: the sum over the local samples divided by
     ``global_batch_size`` (default: local batch × replicas in sync); the regularisation sum is divided by the

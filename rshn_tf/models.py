@@ -173,10 +173,10 @@ class _StackedHourglassModel(keras.Model):
 
 @keras.saving.register_keras_serializable(package="rshn_tf")
 class RecurrentStackedHourglass(_StackedHourglassModel):
-    """The recurrent stacked hourglass network (RSHN, §2.1; notes §1).
+    """The recurrent stacked hourglass network (RSHN, §2.1; docs/fidelity.md §1).
 
     ``model(frames)`` with frames (B, T, H, W, C) returns a list of ``stacks`` tensors (B, T, H, W, D); all ConvGRU
-    states start at zero for every call (§2.1, notes §1.5). Variables live under ``.../hourglass_{k}/...``.
+    states start at zero for every call (§2.1, docs/fidelity.md §1.5). Variables live under ``.../hourglass_{k}/...``.
 
     Streaming: ``states = model.zero_states(B, H, W)``, then per frame
     ``outputs, states = model.step(frames_t, states)`` with ``frames_t`` (B, H, W, C); ``states[k][ℓ]`` is the
@@ -364,15 +364,15 @@ class StackedHourglass(_FeedForwardStack):
 
 @keras.saving.register_keras_serializable(package="rshn_tf")
 class VolumetricStackedHourglass(_FeedForwardStack):
-    """The volumetric baseline of Table 3 (§5.2; notes §2.1): k×k×k convolutions in all three paths, pooling and
-    upsampling (1, 2, 2) so time is never pooled; a whole window (B, T, H, W, C) in one pass, no states."""
+    """The volumetric baseline of Table 3 (§5.2; docs/fidelity.md §9.2): k×k×k convolutions in all three paths, pooling
+    and upsampling (1, 2, 2) so time is never pooled; a whole window (B, T, H, W, C) in one pass, no states."""
 
     architecture = "volumetric"
     rank = 3
 
 
 class RecurrentStream:
-    """Frame-by-frame RSHN inference that keeps the ConvGRU states for the caller (§2.5, notes §1.5).
+    """Frame-by-frame RSHN inference that keeps the ConvGRU states for the caller (§2.5, docs/fidelity.md §1.5).
 
     Example (states reset at the start of every window, one tile batch)::
 
@@ -486,8 +486,8 @@ def build_volumetric_shn(
 def resolve_input_conv(model_config: ModelConfig) -> bool:
     """``model.input_conv`` of the config, or the architecture's default when it is ``null``.
 
-    Defaults (authors' code): RSHN and SHN have the 1×1 input convolution (notes §1.2), the volumetric
-    network does not (notes §2.1).
+    Defaults (authors' code): RSHN and SHN have the 1×1 input convolution (docs/fidelity.md §1.2), the volumetric
+    network does not (docs/fidelity.md §9.2).
     """
     if model_config.input_conv is not None:
         return bool(model_config.input_conv)

@@ -1,5 +1,5 @@
 """From frame-pair embeddings to a CTC result folder: tiles → clustering → tile merging → pair linking →
-resampling back → finalisation → writing (paper §2.3–§2.5, §4.2; reference notes §5).
+resampling back → finalisation → writing (paper §2.3–§2.5, §4.2; docs/fidelity.md §6, §7).
 
 :class:`PostProcessor` is a streaming consumer: the Python API and ``rshn predict`` (:meth:`rshn_tf.api.RSHN.process`)
 feed it the embeddings of one frame pair at a time straight from the network (per tile with
@@ -182,7 +182,8 @@ class PostProcessor:
         return self.config.tracking
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """Finalise the tracked labels at the original size (notes §5.6 order) and return them as arrays.
+        """Finalise the tracked labels at the original size (in the code's order, docs/fidelity.md §7.3–§7.7) and return
+        them as arrays.
 
         Returns:
             ``(labels, tracks)``: (T, H, W) int32 labels at the original size and (N, 4) ``L B E P`` rows.

@@ -6,7 +6,7 @@ each tile's frame pair is clustered on its own, and the tile label images are me
 * ``instance`` mode (paper, default): instances touching a tile edge that is not an outer image edge are dropped;
   if several tiles still predict the same instance, the candidate with the largest area (pixels over both frames)
   is kept.
-* ``blob`` mode (authors' code, reference notes §5.4): the same inner-edge rule, plus an optional band
+* ``blob`` mode (authors' code, docs/fidelity.md §6.6): the same inner-edge rule, plus an optional band
   (``postprocessing.merge_ignore_border``) along inner edges in which instances are ignored, and a comparison of
   connected foreground blobs instead of single instances.
 
@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from rshn_tf.config import PostprocessingConfig
 
-#: 6-connectivity in (t, y, x): the code's connected foreground blobs of a 2-frame label volume (notes §5.4).
+#: 6-connectivity in (t, y, x): the code's connected foreground blobs of a 2-frame label volume (docs/fidelity.md §6.6).
 _BLOB_STRUCTURE = ndimage.generate_binary_structure(3, 1)
 
 
@@ -99,7 +99,7 @@ class Tile:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Overlapping tiles covering an image (reference notes §5.2).
+    """Overlapping tiles covering an image (docs/fidelity.md §5.3).
 
     Attributes:
         image_shape: Image size (height, width).
@@ -143,7 +143,7 @@ def axis_offsets(size: int, tile: int, overlap: int) -> list[int]:
 
 
 def tile_grid(shape: Sequence[int], tile_size: Sequence[int], overlap: int) -> TileGrid:
-    """Build the tile grid of an image (paper §2.4; reference notes §5.2).
+    """Build the tile grid of an image (paper §2.4; docs/fidelity.md §5.3).
 
     Offsets per axis are 0, step, …, with the last snapped to size − tile (step = tile − overlap). An axis smaller
     than the tile is covered by one centred tile; the caller pads the outside pixels (the authors' code pads the
@@ -274,8 +274,8 @@ def _merge_instances(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, c
 
 
 def _merge_blobs(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, config: PostprocessingConfig) -> None:
-    """Code mode (notes §5.4), tile by tile: an instance over background is pasted; otherwise the union of the
-    tile's foreground blobs it touches is compared with the union of the merged image's blobs it touches, and the
+    """Code mode (docs/fidelity.md §6.6), tile by tile: an instance over background is pasted; otherwise the union of
+    the tile's foreground blobs it touches is compared with the union of the merged image's blobs it touches, and the
     larger wins (the losing old blobs are erased everywhere, all tile instances of a winning blob pasted).
 
     Unlike the code, the ignore band is applied on all four inner edges (the code excludes only one column on the
@@ -327,7 +327,7 @@ def _merge_blobs(parts: list[np.ndarray], grid: TileGrid, out: np.ndarray, confi
 def merge_tiles(
     tile_labels: Sequence[np.ndarray], grid: TileGrid, shape: Sequence[int], config: PostprocessingConfig
 ) -> np.ndarray:
-    """Merge the 2-frame label images of all tiles into one image (paper §2.4, Fig. 4; notes §5.4).
+    """Merge the 2-frame label images of all tiles into one image (paper §2.4, Fig. 4; docs/fidelity.md §6.6).
 
     Args:
         tile_labels: One (2, tile_h, tile_w) integer label image per tile of ``grid`` (0 = background), in grid

@@ -1,5 +1,4 @@
-"""Propagating 2-frame instances over time and finishing the cell lineage (paper §2.5, §4.2; reference notes
-§5.5–§5.7).
+"""Propagating 2-frame instances over time and finishing the cell lineage (paper §2.5, §4.2; docs/fidelity.md §7).
 
 Two stages:
 
@@ -64,7 +63,7 @@ def overlap_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def greedy_iou_matching(previous: np.ndarray, current: np.ndarray, threshold: float) -> dict[int, int]:
-    """Match the labels of two label images of the same frame by greedy highest IoU (notes §5.5).
+    """Match the labels of two label images of the same frame by greedy highest IoU (docs/fidelity.md §7.1).
 
     The IoU matrix includes label 0 (background) on both sides; repeatedly the pair with the largest IoU is taken
     and its row and column removed, until the largest remaining IoU is below ``threshold``.
@@ -219,7 +218,7 @@ class PairTracker:
             self._last[int(label)] = t
 
     def _repair(self) -> None:
-        """Undo false mitoses (paper §2.5 t_merge; notes §5.5).
+        """Undo false mitoses (paper §2.5 t_merge; docs/fidelity.md §7.2).
 
         For each label a of frame t+1, b is the label of frame t+2 with the largest intersection (more than
         ``parent_iou_threshold`` of a's area). If b ≠ a, a's track spans at most ``merge_search_frames`` frames
@@ -418,7 +417,7 @@ class _Lineage:
         return [i for i, s in enumerate(self.segments) if s.alive]
 
     def find_parent(self, index: int, config: TrackingConfig) -> int:
-        """Parent of a segment by IoU with previous frames (notes §5.7); -1 when none.
+        """Parent of a segment by IoU with previous frames (docs/fidelity.md §7.6); -1 when none.
 
         The first mask, dilated with a disk of diameter ``parent_dilation``, is replicated over the
         k = min(``parent_search_frames``, first) previous frames; the IoU over that k-frame block is computed with
@@ -462,7 +461,7 @@ def finalize_stream(
     config: TrackingConfig,
     border_band: int,
 ) -> tuple[np.ndarray, Iterator[tuple[int, np.ndarray]]]:
-    """Finish the tracking result at the original resolution (notes §5.6–§5.7, paper §2.5, §4.2), streaming.
+    """Finish the tracking result at the original resolution (docs/fidelity.md §7.3–§7.7, paper §2.5, §4.2), streaming.
 
     Reads the frames twice in order (once to collect the instances, once to relabel them) and a few bounding boxes
     in between; memory holds a few numbers per instance (label, area, box) but no image beyond the current one. Steps, in the order of the authors' code:

@@ -1,4 +1,4 @@
-"""Training the networks (paper §3.1; reference notes §4.8): train step, schedule, checkpoints, resume, logs.
+"""Training the networks (paper §3.1; docs/fidelity.md §4): train step, schedule, checkpoints, resume, logs.
 
 :func:`train` writes a model folder (:mod:`rshn_tf.model_folder`) and runs ``training.iterations`` updates of a
 custom ``tf.function`` step (``tf.GradientTape``, the loss of :func:`rshn_tf.losses.total_loss` on every hourglass
@@ -119,7 +119,7 @@ def learning_rate_schedule(training: TrainingConfig) -> StepLearningRate:
 @keras.saving.register_keras_serializable(package="rshn_tf")
 class NesterovAdam(keras.optimizers.Adam):
     """Adam with the Nesterov-style update of TF1's ``ApplyAdam(use_nesterov=True)``, i.e. the
-    ``tf.contrib.opt.NadamOptimizer`` of the paper-era code (notes §4.8, §7.1).
+    ``tf.contrib.opt.NadamOptimizer`` of the paper-era code (docs/fidelity.md §4.1).
 
     With m, v updated as in Adam and α = lr·√(1 − β2^t)/(1 − β1^t):
     θ ← θ − α·(β1·m + (1 − β1)·g)/(√v + ε). (Keras' own ``Nadam`` uses Dozat's momentum schedule instead.)

@@ -45,7 +45,7 @@ def overlap_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def greedy_iou_matching(previous: np.ndarray, current: np.ndarray, threshold: float) -> dict[int, int]:
-    """Match the labels of two label images of the same frame by greedy highest IoU (notes §5.5).
+    """Match the labels of two label images of the same frame by greedy highest IoU (docs/fidelity.md §7.1).
 
     The IoU matrix includes label 0 (background) on both sides; repeatedly the pair with the largest IoU is taken
     and its row and column removed, until the largest remaining IoU is below ``threshold``.
@@ -142,7 +142,7 @@ class PairTracker:
             self._last[int(label)] = t
 
     def _repair(self) -> None:
-        """Undo false mitoses (paper §2.5 t_merge; notes §5.5).
+        """Undo false mitoses (paper §2.5 t_merge; docs/fidelity.md §7.2).
 
         For each label a of frame t+1, b is the label of frame t+2 with the largest intersection (more than
         ``parent_iou_threshold`` of a's area). If b ≠ a, a's track spans at most ``merge_search_frames`` frames
@@ -261,7 +261,7 @@ class _Lineage:
         return self._objects[t]
 
     def find_parent(self, index: int, config: TrackingConfig) -> int:
-        """Parent of a segment by IoU with previous frames (notes §5.7); -1 when none.
+        """Parent of a segment by IoU with previous frames (docs/fidelity.md §7.6); -1 when none.
 
         The first mask, dilated with a disk of diameter ``parent_dilation``, is replicated over the
         k = min(``parent_search_frames``, first) previous frames; the IoU over that k-frame block is computed with
@@ -302,7 +302,7 @@ class _Lineage:
 def finalize_tracks(
     labels: np.ndarray, config: TrackingConfig, border_band: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Finish the tracking result at the original resolution (notes §5.6–§5.7, paper §2.5, §4.2).
+    """Finish the tracking result at the original resolution (docs/fidelity.md §7.3–§7.7, paper §2.5, §4.2).
 
     Steps, in the order of the authors' code:
 

@@ -285,7 +285,7 @@ def test_fast_equals_reference_with_few_iterations_duplicates_and_tiny_problems(
     assert modes.shape == (0, features.shape[1]) and labels.shape == (0,)
 
 
-def test_mode_deduplication_and_assignment_follow_the_notes():
+def test_mode_deduplication_and_assignment_follow_the_authors_code():
     # Two tight groups of points and one far point; seeds in all of them. The far point's mode has the smallest
     # neighbour count and survives because it is farther than h from the others.
     directions = np.eye(4)[1:]

@@ -18,7 +18,7 @@ from rshn_tf.config import (
 )
 from rshn_tf.errors import RshnError
 
-# Table 1 of the paper: resampled size (width x height), t_size, r_N; and the code's border band (notes §5.6).
+# Table 1 of the paper: resampled size (width x height), t_size, r_N; and the code's border band (docs/fidelity.md §10).
 TABLE1 = {
     "DIC-C2DH-HeLa": ((256, 256), 500, 50, 50),
     "Fluo-C2DL-MSC": ((256, 256), 100, 150, 50),

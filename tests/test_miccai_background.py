@@ -1,6 +1,7 @@
 """The MICCAI 2018 variant end to end: a tiny ``loss.variant: miccai2018`` model trained with ``rshn train`` on the
 synthetic data, then ``rshn predict`` and ``rshn postprocess`` with the background rule of the MICCAI submission
-(notes §6): background vector = median embedding of the first frame pair, foreground where the dot product < 0.95."""
+(docs/fidelity.md §9.1): background vector = median embedding of the first frame pair, foreground where the dot product
+< 0.95."""
 
 from __future__ import annotations
 

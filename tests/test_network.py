@@ -83,7 +83,7 @@ def np_gru(w, prefix, x, h, activation=relu):
 
 
 def np_hourglass(w, prefix, x, levels, states=None, input_conv=True):
-    """One hourglass per the reference notes §1.2 / §2.1; states given → ConvGRU parallel path."""
+    """One hourglass per docs/fidelity.md §1.1, §9.2; states given → ConvGRU parallel path."""
     conv = lambda name, inp, act=relu: act(np_conv(inp, w[f"{prefix}/{name}/kernel"], w[f"{prefix}/{name}/bias"]))  # noqa: E731
     if input_conv:
         x = conv("input_conv", x)
@@ -129,7 +129,7 @@ def np_feed_forward(w, prefix, image, levels, stacks=2, input_conv=True):
 
 def expected_parameters(levels, filters, embedding_size, stacks=2, kernel_volume=9, gru=True, input_conv=True,
                         in_channels=1, output_kernel_volume=1):
-    """Parameter count written out layer by layer (reference notes §1.1 / §2.1)."""
+    """Parameter count written out layer by layer (docs/fidelity.md §1.2, §9.2)."""
     conv = lambda k, cin, cout: k * cin * cout + cout  # noqa: E731
     total = 0
     for k in range(stacks):

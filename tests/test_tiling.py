@@ -20,7 +20,7 @@ def test_axis_offsets(size, expected):
 
 @pytest.mark.parametrize("shape, count", [((256, 256), 1), ((512, 512), 9), ((700, 1100), 40), ((384, 512), 6)])
 def test_tile_counts_of_the_paper_datasets(shape, count):
-    # notes §5.2: DIC 1, GOWT1/SIM+ 9, N2DL-HeLa 40 (8 x 5), U373 6
+    # docs/fidelity.md §5.3: DIC 1, GOWT1/SIM+ 9, N2DL-HeLa 40 (8 x 5), U373 6
     assert len(tile_grid(shape, (256, 256), 128)) == count
 
 
