@@ -9,7 +9,8 @@ whose configurations differ only in ``postprocessing`` / ``tracking`` share one 
 fold, one prediction of each held-out video with saved embeddings, :mod:`rshn_tf.experiments`), and each row is a
 post-processing variant of it, as in the paper ("the same trained networks and predicted embedding vectors [...]
 only exchange the clustering algorithms", §5.3). So the six RSHN rows train two networks per dataset and the
-volumetric row two more.
+volumetric row two more. One extra row (``shn_h0.1``, :attr:`Row.in_paper` False) runs the non-recurrent SHN of §5.1
+with h = 0.1; it has no paper values.
 
 Outputs in the Table 3 folder: ``table3.md`` (the paper's layout, our value next to the paper's in every cell),
 ``table3.csv`` (one line per row, dataset and metric with both values and the per-fold scores), ``table3.json`` and
@@ -59,11 +60,13 @@ class Row:
         name: Row id = the stem of its YAML in ``experiments/table3/``.
         network: The paper's "Network" column.
         clustering: The paper's "Clustering Parameters" column.
+        in_paper: False for the extra row that Table 3 does not have (its paper values are empty).
     """
 
     name: str
     network: str
     clustering: str
+    in_paper: bool = True
 
     @property
     def preset(self) -> str:
@@ -80,6 +83,7 @@ ROWS = (
     Row("rshn_h0.2", "RSHN", "h = 0.2"),
     Row("rshn_hdbscan", "RSHN", "HDBSCAN"),
     Row("volumetric_h0.1", "Volumetric", "h = 0.1"),
+    Row("shn_h0.1", "SHN", "h = 0.1 (§5.1 network; not in Table 3)", in_paper=False),
 )
 
 #: Paper Table 3: (SEG, TRA, OP) per row and dataset, and the paper's "Overall Mean" over the three datasets.
@@ -102,6 +106,12 @@ PAPER_TABLE3: dict[str, dict[str, tuple[float, float, float]]] = {
 OVERALL = "Overall"
 
 
+def paper_values(row: Row, dataset: str) -> dict[str, Optional[float]]:
+    """The paper's SEG / TRA / OP of a row on a dataset (or ``Overall``); all None for a row not in Table 3."""
+    values = PAPER_TABLE3[row.name][dataset] if row.in_paper else (None, None, None)
+    return dict(zip(METRICS, values))
+
+
 def select_rows(names: Optional[Sequence[str]]) -> list[Row]:
     """The rows named (row ids, or ``rshn`` / ``volumetric`` for all rows of a network); all rows for None.
 
@@ -115,7 +125,7 @@ def select_rows(names: Optional[Sequence[str]]) -> list[Row]:
         matches = [row for row in ROWS if row.name == name or row.network.lower() == name.lower()]
         if not matches:
             raise RshnError(f"--rows: unknown row {name!r}; rows: {', '.join(r.name for r in ROWS)} "
-                            "(or 'rshn', 'volumetric')")
+                            "(or 'rshn', 'volumetric', 'shn')")
         chosen += [row for row in matches if row not in chosen]
     return [row for row in ROWS if row in chosen]
 
@@ -304,7 +314,7 @@ def collect_table(groups: Sequence[Group], profile: Optional[str]) -> dict[str, 
             variant = results["variants"][row.name]
             cells.setdefault(row.name, {})[group.dataset] = {
                 "ours": {m: variant["mean"][key] for m, key in METRICS.items()},
-                "paper": dict(zip(METRICS, PAPER_TABLE3[row.name][group.dataset])),
+                "paper": paper_values(row, group.dataset),
                 "folds": [{"fold": f["fold"], "test": f["test"], **{m: f[key] for m, key in METRICS.items()}}
                           for f in variant["folds"]],
                 "run_folder": str(group.experiment.root),
@@ -321,7 +331,7 @@ def collect_table(groups: Sequence[Group], profile: Optional[str]) -> dict[str, 
                                     if values and all(v is not None for v in values) else None)
         rows.append({
             "row": row.name, "network": row.network, "clustering": row.clustering, "datasets": per_dataset,
-            "overall": {"ours": overall_ours, "paper": dict(zip(METRICS, PAPER_TABLE3[row.name][OVERALL])),
+            "overall": {"ours": overall_ours, "paper": paper_values(row, OVERALL),
                         "datasets": [d for d in datasets if d in per_dataset]},
         })
     iterations = sorted({g.experiment.config.experiment.cv_iterations for g in groups})
@@ -329,8 +339,8 @@ def collect_table(groups: Sequence[Group], profile: Optional[str]) -> dict[str, 
             "paper_overall_datasets": list(DATASETS)}
 
 
-def _pair(ours: Optional[float], paper: float) -> str:
-    return f"{'n/a' if ours is None else f'{ours:.3f}'} ({paper:.3f})"
+def _pair(ours: Optional[float], paper: Optional[float]) -> str:
+    return f"{'n/a' if ours is None else f'{ours:.3f}'} ({'–' if paper is None else f'{paper:.3f}'})"
 
 
 def table_markdown(table: dict[str, Any]) -> str:

@@ -72,7 +72,7 @@ def test_table3_rows_set_exactly_the_paper_grid():
         "rshn_h0.025": ("rshn", "mean_shift", 0.025), "rshn_h0.05": ("rshn", "mean_shift", 0.05),
         "rshn_h0.1": ("rshn", "mean_shift", 0.1), "rshn_h0.15": ("rshn", "mean_shift", 0.15),
         "rshn_h0.2": ("rshn", "mean_shift", 0.2), "rshn_hdbscan": ("rshn", "hdbscan", 0.1),
-        "volumetric_h0.1": ("volumetric", "mean_shift", 0.1),
+        "volumetric_h0.1": ("volumetric", "mean_shift", 0.1), "shn_h0.1": ("shn", "mean_shift", 0.1),
     }
 
 
@@ -390,33 +390,33 @@ def _fake_ctc(root: Path, names) -> Path:
     return root
 
 
-def test_table3_dry_run_lists_seven_rows_for_each_dataset_present(tmp_path, capsys):
+def test_table3_dry_run_lists_eight_rows_for_each_dataset_present(tmp_path, capsys):
     data = _fake_ctc(tmp_path / "ctc", ["DIC-C2DH-HeLa", "PhC-C2DH-U373"])
     (data / "Fluo-N2DH-GOWT1" / "01").mkdir(parents=True)  # incomplete: no 02, no ground truth
     out = tmp_path / "t3"
     assert main(["table3", "--data", str(data), "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     cells = [line for line in text.splitlines() if line.startswith("  [todo] ") and re.search(r"\(variant \S+\)$", line)]
-    assert len(cells) == 14
+    assert len(cells) == 16
     for dataset in ("DIC-C2DH-HeLa", "PhC-C2DH-U373"):
-        assert sum(dataset in line for line in cells) == 7
+        assert sum(dataset in line for line in cells) == 8
         for row in ROWS:
             assert any(dataset in line and f"(variant {row.name})" in line for line in cells)
-    assert "7 rows x 2 dataset(s) present" in text and "missing Fluo-N2DH-GOWT1:" in text
+    assert "8 rows x 2 dataset(s) present" in text and "missing Fluo-N2DH-GOWT1:" in text
     assert not out.exists()  # a dry run writes nothing
-    # the six RSHN rows share one network per fold; only the volumetric row trains its own
+    # the six RSHN rows share one network per fold; the volumetric and the extra SHN row train their own
     groups, missing = plan_table3(data, out, "cpu")
     assert set(missing) == {"Fluo-N2DH-GOWT1"}
     assert [(g.dataset, g.experiment.root.name, len(g.rows)) for g in groups] == [
-        ("DIC-C2DH-HeLa", "rshn", 6), ("DIC-C2DH-HeLa", "volumetric", 1),
-        ("PhC-C2DH-U373", "rshn", 6), ("PhC-C2DH-U373", "volumetric", 1)]
+        ("DIC-C2DH-HeLa", "rshn", 6), ("DIC-C2DH-HeLa", "volumetric", 1), ("DIC-C2DH-HeLa", "shn", 1),
+        ("PhC-C2DH-U373", "rshn", 6), ("PhC-C2DH-U373", "volumetric", 1), ("PhC-C2DH-U373", "shn", 1)]
     trains = [s.name for g in groups for s in g.experiment.plan.steps if s.name.startswith("train[")]
-    assert len(trains) == 8
+    assert len(trains) == 12
     rshn = groups[0].experiment
     assert rshn.config.postprocessing.bandwidth == 0.1 and rshn.config.data.resampled_size == [256, 256]
     assert rshn.variants["rshn_hdbscan"].postprocessing.clustering == "hdbscan"
     assert rshn.variants["rshn_h0.2"].postprocessing.bandwidth == 0.2
-    u373 = groups[2].experiment
+    u373 = groups[3].experiment
     assert u373.config.data.resampled_size == [384, 512] and u373.config.data.dataset_dir == str(
         data / "PhC-C2DH-U373")
 
@@ -466,7 +466,10 @@ def test_table_outputs_put_our_values_beside_the_papers(tmp_path):
 
 
 def test_paper_table3_overall_means_are_the_means_of_the_datasets():
+    assert {row.name for row in ROWS if row.in_paper} == set(PAPER_TABLE3)
     for row in ROWS:
+        if not row.in_paper:
+            continue
         values = PAPER_TABLE3[row.name]
         for k in range(3):
             mean = sum(values[d][k] for d in DATASETS) / 3

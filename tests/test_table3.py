@@ -31,6 +31,8 @@ FOLDS = {
     ("PhC-C2DH-U373", "rshn_h0.1"): ((0.80, 1.00, 0.90), (0.60, 0.60, 0.60)),
     ("PhC-C2DH-U373", "rshn_hdbscan"): ((0.10, 0.30, 0.20), (0.30, 0.50, 0.40)),
     ("PhC-C2DH-U373", "volumetric_h0.1"): ((0.90, 0.70, 0.80), (0.70, 0.90, 0.80)),
+    ("DIC-C2DH-HeLa", "shn_h0.1"): ((0.30, 0.50, 0.40), (0.10, 0.70, 0.40)),
+    ("PhC-C2DH-U373", "shn_h0.1"): ((0.50, 0.90, 0.70), (0.30, 0.30, 0.30)),
 }
 
 
@@ -82,6 +84,25 @@ def test_collect_and_write_table_with_known_scores(tmp_path, monkeypatch):
     assert (out / "table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_extra_shn_row_has_our_values_and_no_paper_values(tmp_path, monkeypatch):
+    data = _fake_ctc(tmp_path / "ctc", ["DIC-C2DH-HeLa", "PhC-C2DH-U373"])
+    groups, _ = plan_table3(data, tmp_path / "t3", "cpu", rows=["shn", "rshn_h0.1"])
+    assert {g.experiment.config.model.architecture for g in groups} == {"rshn", "shn"}  # its own networks
+    monkeypatch.setattr(table3, "collect_results", _fake_results)
+    table = collect_table(groups, "cpu")
+    assert [r["row"] for r in table["rows"]] == ["rshn_h0.1", "shn_h0.1"]  # Table 3's rows first
+    shn = table["rows"][1]
+    # DIC (0.30 + 0.10) / 2, PhC (0.50 + 0.30) / 2, overall their mean
+    assert shn["overall"]["ours"] == pytest.approx({"SEG": 0.30, "TRA": 0.60, "OP": 0.45})
+    assert shn["overall"]["paper"] == {"SEG": None, "TRA": None, "OP": None}
+    out = tmp_path / "written"
+    write_table(table, out)
+    assert ("| SHN | h = 0.1 (§5.1 network; not in Table 3) | 0.200 (–) | 0.600 (–) | 0.400 (–) | 0.400 (–) | "
+            "0.600 (–) | 0.500 (–) | 0.300 (–) | 0.600 (–) | 0.450 (–) |") in (out / "table3.md").read_text()
+    lines = list(csv.reader(io.StringIO((out / "table3.csv").read_text())))
+    assert ["shn_h0.1", "SHN", "h = 0.1 (§5.1 network; not in Table 3)", "Overall", "OP", "0.4500", "", "", ""] in lines
+
+
 def test_a_missing_score_stays_empty_and_the_overall_mean_too(tmp_path, monkeypatch):
     data = _fake_ctc(tmp_path / "ctc", ["DIC-C2DH-HeLa"])
     groups, _ = plan_table3(data, tmp_path / "t3", "cpu", rows=["rshn_h0.1"])
@@ -130,9 +151,13 @@ def test_table3_runs_every_row_end_to_end_on_a_tiny_budget(tmp_path, synthetic_d
             for value in (cell["ours"][metric], row["overall"]["ours"][metric], *[f[metric] for f in cell["folds"]]):
                 assert isinstance(value, float) and 0.0 <= value <= 1.0 and not math.isnan(value), (row["row"], metric)
     markdown = (out / "table3.md").read_text()
-    body = [line for line in markdown.splitlines() if line.startswith("| RSHN") or line.startswith("| Volumetric")]
+    body = [line for line in markdown.splitlines() if line.startswith(("| RSHN", "| Volumetric", "| SHN"))]
     assert len(body) == len(ROWS) and not any("n/a" in line for line in body)
     lines = list(csv.reader(io.StringIO((out / "table3.csv").read_text())))
     assert len(lines) == 1 + len(ROWS) * 2 * 3 and all(line[5] for line in lines[1:])
+    # the extra SHN row (paper §5.1) is marked and has no paper values; every Table 3 row has them
+    assert [line[6] == "" for line in lines[1:]] == [line[0] == "shn_h0.1" for line in lines[1:]]
+    shn = next(line for line in body if line.startswith("| SHN"))
+    assert "not in Table 3" in shn and shn.count("(–)") == 2 * len(METRICS)
     assert (out / "table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(DATASETS) >= set(table["datasets"])
