@@ -59,6 +59,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a source checkout without installing
 
+from rshn_tf.atomic import atomic_file  # noqa: E402
 from rshn_tf.errors import RshnError  # noqa: E402
 from rshn_tf.extras import importing, require  # noqa: E402
 
@@ -355,8 +356,11 @@ def plot_curves(out: Path, pairs: list[str], target: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=100)
+    try:
+        with atomic_file(target, suffix=target.suffix) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from rshn_tf import extras
+from rshn_tf.atomic import atomic_file
 from rshn_tf.config import Config
 from rshn_tf.errors import RshnError
 from rshn_tf.experiments import (
@@ -433,12 +434,12 @@ def plot_table(table: dict[str, Any], path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(ncol=3, fontsize=7, loc="lower left")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_file(path, suffix=Path(path).suffix) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def write_table(table: dict[str, Any], out_dir: Path) -> None:
