@@ -374,9 +374,10 @@ def _estimate(config: Config) -> str:
              "NVIDIA Titan V GPU (§3.1); CPUs are several times slower")
     if config.data.resampled_size is None:
         return f"depends on the frame size (tiles of {'×'.join(map(str, config.inference_tile_size))}); {paper}"
-    from rshn_tf.tiling import tile_grid
+    from rshn_tf.geometry import GridGeometry
 
-    tiles = len(tile_grid(config.data.resampled_size, config.inference_tile_size, config.inference.tile_overlap))
+    # a fixed network grid does not depend on the frame size, so the grid's own size stands for the unknown one
+    tiles = len(GridGeometry.of(config.data.resampled_size, config).tiles)
     seconds = t_one + (t_many - t_one) * (tiles - one) / (many - one)
     return f"about {seconds:.0f} s per frame on a GPU for {tiles} tile(s) per frame; {paper}"
 
