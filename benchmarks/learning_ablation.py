@@ -61,7 +61,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a source checkout without installing
 
+from rshn_tf.atomic import atomic_file  # noqa: E402
 from rshn_tf.errors import RshnError  # noqa: E402
+from rshn_tf.extras import importing, require  # noqa: E402
 
 log = logging.getLogger("learning_ablation")
 
@@ -344,10 +346,11 @@ def report(out: Path) -> str:
 
 def plot_curves(out: Path, pairs: list[str], target: Path) -> None:
     """One panel per dataset: SEG of the weight snapshots of the given rows against the iteration."""
-    import matplotlib
+    with importing("matplotlib", "--plot"):
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
     datasets = [d for d in SPLITS if any((out / d / r / "curve.json").is_file() for r in pairs)]
     fig, axes = plt.subplots(1, max(len(datasets), 1), figsize=(5 * max(len(datasets), 1), 3.6), squeeze=False)
@@ -366,8 +369,11 @@ def plot_curves(out: Path, pairs: list[str], target: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     fig.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=100)
+    try:
+        with atomic_file(target, suffix=target.suffix) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -389,6 +395,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     try:
+        if args.plot:
+            require("matplotlib", "--plot")  # before the rows run, not after
         for dataset in args.dataset or []:
             if args.curve:
                 run_curve(dataset, args.data, args.out, args.curve)

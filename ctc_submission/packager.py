@@ -65,6 +65,7 @@ from data_io.ctc import count_frames
 from rshn_tf.atomic import atomic_folder, write_text_atomic
 from rshn_tf.config import Config, apply_overrides, preset_dir, save_config, validate
 from rshn_tf.errors import RshnError
+from rshn_tf.extras import EXTRAS, needed_packages
 from rshn_tf.model_folder import MODEL_INFO_FILE, WEIGHTS_FILES, ModelFolder, model_info
 from rshn_tf.output_lock import claim_output
 
@@ -74,6 +75,9 @@ log = logging.getLogger(__name__)
 BUNDLED_PACKAGES = ("rshn_tf", "data_io", "ctc_submission")
 #: Distribution name of the project.
 DISTRIBUTION = "rshn-tf"
+#: The extra whose TensorFlow a submission declares: ``cpu`` (the base requirements name no TensorFlow; the pinned
+#: version is the one installed here, ``tensorflow-cpu`` or ``tensorflow``, see :func:`runtime_requirements`).
+SUBMISSION_EXTRA = "cpu"
 #: Dataset names become file and folder names: letters, digits and ``. _ + -`` (e.g. ``Fluo-N2DH-SIM+``).
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 #: Paper §3.1: "Network inference with subsequent instance prediction takes from 4.5 s per frame (DIC-C2DH-HeLa,
@@ -111,18 +115,19 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
-def runtime_requirements() -> list[str]:
+def runtime_requirements(extras: Sequence[str] = (SUBMISSION_EXTRA,)) -> list[str]:
     """The runtime dependencies of rshn-tf pinned to the versions installed here (``name==version``).
 
     The declared requirements come from the ``setup.cfg`` beside the imported ``rshn_tf`` package (source checkout)
-    or from the installed distribution's metadata, with the TensorFlow of the ``cpu`` extra; other extras (``test``)
-    are left out. Of alternatives such as ``tensorflow-cpu`` / ``tensorflow`` the installed ones are pinned.
+    or from the installed distribution's metadata: the base ones and those of ``extras`` (by default the TensorFlow
+    of the ``cpu`` extra; other extras such as ``test`` are left out). Of alternatives such as ``tensorflow-cpu`` /
+    ``tensorflow`` the installed ones are pinned.
 
     Raises:
         RshnError: If the requirements cannot be found or a non-alternative requirement is not installed.
     """
     pins, missing = [], []
-    for name, alternatives in _declared_requirements():
+    for name, alternatives in _declared_requirements(extras):
         version = _installed_version(name)
         if version is not None:
             pins.append(f"{name}=={version}")
@@ -268,9 +273,11 @@ def _build_sw(tmp: Path, sw_dir: Path, folder: ModelFolder, weights: str, config
         _write_executable(tmp / launcher_name(dataset, sequence), sw_files.launcher_script(dataset, sequence, weights))
     _write_executable(tmp / ENV_SCRIPT, sw_files.env_script())
     packages, package_data = _copy_code(tmp / SRC_DIR)
+    extras = submission_extras(tmp)
     (tmp / SRC_DIR / "pyproject.toml").write_text(
-        sw_files.pyproject(rshn_tf.__version__, packages, package_data, declared_requirements()), encoding="utf-8")
-    requirements = sw_files.requirements(runtime_requirements(), rshn_tf.__version__, _python_version(),
+        sw_files.pyproject(rshn_tf.__version__, packages, package_data, declared_requirements(extras)),
+        encoding="utf-8")
+    requirements = sw_files.requirements(runtime_requirements(extras), rshn_tf.__version__, _python_version(),
                                          _platform_name())
     (tmp / REQUIREMENTS_FILE).write_text(requirements, encoding="utf-8")
     if wheels:
@@ -367,9 +374,10 @@ def _estimate(config: Config) -> str:
              "NVIDIA Titan V GPU (§3.1); CPUs are several times slower")
     if config.data.resampled_size is None:
         return f"depends on the frame size (tiles of {'×'.join(map(str, config.inference_tile_size))}); {paper}"
-    from rshn_tf.tiling import tile_grid
+    from rshn_tf.geometry import GridGeometry
 
-    tiles = len(tile_grid(config.data.resampled_size, config.inference_tile_size, config.inference.tile_overlap))
+    # a fixed network grid does not depend on the frame size, so the grid's own size stands for the unknown one
+    tiles = len(GridGeometry.of(config.data.resampled_size, config).tiles)
     seconds = t_one + (t_many - t_one) * (tiles - one) / (many - one)
     return f"about {seconds:.0f} s per frame on a GPU for {tiles} tile(s) per frame; {paper}"
 
@@ -473,29 +481,35 @@ def _hardware() -> str:
 # Helpers
 
 
-#: The extra whose TensorFlow a submission declares: ``cpu`` (the base requirements name no TensorFlow; the pinned
-#: version is the one installed here, ``tensorflow-cpu`` or ``tensorflow``, see :func:`runtime_requirements`).
-SUBMISSION_EXTRA = "cpu"
-
 _EXTRA_CLAUSE = re.compile(r"""\s*(?:\band\s+)?\(?\s*extra\s*==\s*["'](?P<extra>[^"']+)["']\s*\)?""")
 
 
-def _runtime_line(line: str) -> Optional[str]:
-    """A requirement line of the base or of :data:`SUBMISSION_EXTRA` without its ``extra ==`` clause; None for a
+def submission_extras(sw: Path) -> tuple[str, ...]:
+    """The extras whose requirements the submission in ``sw`` declares: :data:`SUBMISSION_EXTRA`, and the extra of
+    every optional package a packaged model's config needs (``hdbscan`` for HDBSCAN clustering)."""
+    models = sorted(p for p in (sw / MODELS_DIR).iterdir() if p.is_dir()) if (sw / MODELS_DIR).is_dir() else []
+    needed = {EXTRAS[package] for model in models for package in needed_packages(ModelFolder(model).read_config())
+              .values()}
+    return (SUBMISSION_EXTRA, *sorted(needed))
+
+
+def _runtime_line(line: str, extras: Sequence[str]) -> Optional[str]:
+    """A requirement line of the base or of one of ``extras`` without its ``extra ==`` clause; None for a
     requirement of another extra."""
     requirement, _, marker = line.partition(";")
     match = _EXTRA_CLAUSE.search(marker)
     if match is None:
         return line.strip()
-    if match.group("extra") != SUBMISSION_EXTRA:
+    if match.group("extra") not in extras:
         return None
     rest = (marker[:match.start()] + marker[match.end():]).strip()
     return f"{requirement.strip()}; {rest}" if rest else requirement.strip()
 
 
-def declared_requirements() -> list[str]:
-    """The runtime requirement lines of rshn-tf (``name>=version; marker``) with the TensorFlow of the ``cpu``
-    extra (:data:`SUBMISSION_EXTRA`), other extras left out, sorted by name.
+def declared_requirements(extras: Sequence[str] = (SUBMISSION_EXTRA,)) -> list[str]:
+    """The runtime requirement lines of rshn-tf (``name>=version; marker``): the base ones and those of ``extras``
+    (by default the TensorFlow of the ``cpu`` extra, :data:`SUBMISSION_EXTRA`), other extras left out, sorted by
+    name.
 
     Read from the ``setup.cfg`` beside the imported ``rshn_tf`` package (source checkout) or from the installed
     distribution's metadata (also of the bundled ``SW/src``, which declares the same lines).
@@ -510,22 +524,23 @@ def declared_requirements() -> list[str]:
         parser.read(setup_cfg, encoding="utf-8")
         if parser.get("metadata", "name", fallback="") == DISTRIBUTION:
             lines = parser.get("options", "install_requires", fallback="").splitlines()
-            lines += parser.get("options.extras_require", SUBMISSION_EXTRA, fallback="").splitlines()
+            for extra in extras:
+                lines += parser.get("options.extras_require", extra, fallback="").splitlines()
     if not lines:
         try:
             lines = metadata.requires(DISTRIBUTION) or []
         except metadata.PackageNotFoundError:
             raise RshnError(f"cannot find the requirements of rshn-tf: neither {setup_cfg} nor an installed "
                             f"'{DISTRIBUTION}' distribution") from None
-    runtime = [_runtime_line(line) for line in lines if line.strip() and not line.strip().startswith("#")]
+    runtime = [_runtime_line(line, extras) for line in lines if line.strip() and not line.strip().startswith("#")]
     # sorted: an installed distribution's metadata lists requirements with markers last
     return sorted((line for line in runtime if line), key=str.lower)
 
 
-def _declared_requirements() -> list[tuple[str, list[str]]]:
-    """(name, alternative names) of every runtime requirement of rshn-tf, sorted by name."""
+def _declared_requirements(extras: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(name, alternative names) of every runtime requirement of rshn-tf with ``extras``, sorted by name."""
     names = []
-    for line in declared_requirements():
+    for line in declared_requirements(extras):
         name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
         if name and name.group(1) not in names:
             names.append(name.group(1))

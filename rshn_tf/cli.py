@@ -17,6 +17,7 @@ from rshn_tf import __version__
 from rshn_tf.config import Config, load_config, validate
 from rshn_tf.console import quiet_tensorflow
 from rshn_tf.errors import RshnError
+from rshn_tf.extras import require_for_config
 from rshn_tf.interrupts import Interrupted, exit_status, stop_on_signals
 from rshn_tf.os_faults import fault_message, forget_checked
 
@@ -67,7 +68,8 @@ def _config(args: argparse.Namespace, path: str | None) -> Config:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate YAML configs; print the resolved config of a single file."""
+    """Validate YAML configs (and that the optional packages they need are installed); print the resolved config of
+    a single file."""
     if args.keys:
         from rshn_tf.config import describe_keys
 
@@ -77,6 +79,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         raise RshnError("check-config: give at least one YAML file or preset name (or --keys)")
     for path in args.files:
         config = _config(args, path)
+        require_for_config(config, path)
         print(f"OK  {path}")
         if len(args.files) == 1 and args.show:
             from rshn_tf.config import config_yaml
@@ -199,7 +202,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def cmd_table3(args: argparse.Namespace) -> int:
     """Run the Table 3 grid (or list it)."""
     from rshn_tf.experiments import StepInterrupted
-    from rshn_tf.table3 import run_table3
+    from rshn_tf.table3 import PLOT_FILE, plot_skipped, run_table3
 
     profile = None if args.profile == "none" else args.profile
     try:
@@ -209,7 +212,10 @@ def cmd_table3(args: argparse.Namespace) -> int:
         return _interrupted(exc)
     print(text, end="" if text.endswith("\n") else "\n")
     if table is not None:
-        print(f"\nwrote {Path(args.out) / 'table3.md'}, table3.csv, table3.json and table3.png")
+        skipped = plot_skipped()
+        print(f"\nwrote {Path(args.out) / 'table3.md'}, table3.csv, table3.json"
+              + (f" and {PLOT_FILE}" if skipped is None else f"; {PLOT_FILE} not drawn: {skipped}, then run this "
+                 f"command again (every step is done, so it only writes the table and the chart)"))
     return 0
 
 

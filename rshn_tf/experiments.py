@@ -59,6 +59,7 @@ from rshn_tf.atomic import atomic_folder, swap_in, twin_path, write_json_atomic,
 from rshn_tf.config import Config, load_config_layers, resolve_config_path, save_config, validate
 from rshn_tf.errors import RshnError
 from rshn_tf.evaluation import REPORTED
+from rshn_tf.extras import require_for_config
 from rshn_tf.output_lock import OutputLock, claim_output
 
 log = logging.getLogger(__name__)
@@ -864,7 +865,8 @@ def run_experiment(
     :meth:`Plan.run` for ``only``.
 
     Raises:
-        RshnError: On configuration or data problems (checked before anything runs) and failing steps.
+        RshnError: On configuration or data problems and missing optional packages (checked before anything
+            runs), and failing steps.
         StepInterrupted: When training was stopped by a signal (re-run to continue).
     """
     experiment = experiment_plan(config, out_dir, variants, before, after)
@@ -872,6 +874,8 @@ def run_experiment(
         return RunOutcome(experiment, [], None)
     if not before:  # steps in ``before`` may create the data (the demo)
         check_dataset(config, experiment.folds)
+    for each in (config, *experiment.variants.values()):  # not after hours of training
+        require_for_config(each)
     with hold_run_folder(experiment.root, only):
         prepare_run_folder(experiment)
         ran = experiment.plan.run(only)

@@ -48,6 +48,10 @@ from typing import Optional
 import numpy as np
 
 from rshn_tf.blas_threads import single_threaded_blas  # small products: one BLAS thread each
+from rshn_tf.extras import importing
+
+#: What needs the ``hdbscan`` package, in the message when it is missing.
+FEATURE = "HDBSCAN clustering (postprocessing.clustering: hdbscan)"
 
 __all__ = ["hdbscan_labels", "reference_labels", "core_distances", "exact_reduced", "HdbscanTies"]
 
@@ -75,7 +79,8 @@ def reference_labels(features: np.ndarray, min_cluster_size: int) -> np.ndarray:
     Returns:
         int64 labels, -1 for noise.
     """
-    import hdbscan
+    with importing("hdbscan", FEATURE):
+        import hdbscan
 
     model = hdbscan.HDBSCAN(
         min_cluster_size=min_cluster_size,
@@ -419,9 +424,10 @@ def hdbscan_labels(features: np.ndarray, min_cluster_size: int, workers: int = 1
     Returns:
         int64 labels, -1 for noise, equal to ``reference_labels(features, min_cluster_size)``.
     """
-    from hdbscan._hdbscan_boruvka import KDTreeBoruvkaAlgorithm
-    from hdbscan._hdbscan_linkage import label
-    from hdbscan.hdbscan_ import _tree_to_labels
+    with importing("hdbscan", FEATURE):
+        from hdbscan._hdbscan_boruvka import KDTreeBoruvkaAlgorithm
+        from hdbscan._hdbscan_linkage import label
+        from hdbscan.hdbscan_ import _tree_to_labels
 
     points = np.ascontiguousarray(features, dtype=np.float64)
     if points.ndim != 2:

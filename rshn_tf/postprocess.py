@@ -30,6 +30,7 @@ from data_io.resample import resample_2d
 from rshn_tf.clustering import cluster_tiles, first_pair_background
 from rshn_tf.config import Config, TrackingConfig
 from rshn_tf.errors import RshnError
+from rshn_tf.extras import require_for_config
 from rshn_tf.geometry import GridGeometry
 from rshn_tf.label_store import LabelStore, MemoryLabelStore
 from rshn_tf.output_lock import claim_output
@@ -74,6 +75,7 @@ class PostProcessor:
 
     def __init__(self, config: Config, original_shape: Sequence[int] | GridGeometry, single_frame: bool = False,
                  store: Optional[LabelStore | MemoryLabelStore] = None):
+        require_for_config(config)
         self.config = config
         self.geometry = (original_shape if isinstance(original_shape, GridGeometry)
                          else GridGeometry.of(original_shape, config))
@@ -332,6 +334,7 @@ def run_postprocess(
     if len(original_shape) != 2 or min(int(n) for n in original_shape) < 1:
         raise RshnError(f"--original-shape {' '.join(str(n) for n in original_shape)}: expected the height and width "
                         f"of the original frames, two positive integers")
+    require_for_config(config)
     files = list_pair_files(embeddings_dir)
     geometry = GridGeometry.of(original_shape, config)
     dim = _load_pair(files[0], geometry.shape, None).shape[3]

@@ -34,6 +34,7 @@ from rshn_tf.atomic import fsync_written, swap_in
 from rshn_tf.api import RSHN
 from rshn_tf.config import Config, resolve_predict_config, save_config
 from rshn_tf.errors import RshnError
+from rshn_tf.extras import require_for_config
 from rshn_tf.geometry import GridGeometry
 from rshn_tf.inference import NETWORK_STAGES, FrameSource, PairEmbedder, PairEmbeddings
 from rshn_tf.label_store import save_atomically
@@ -189,6 +190,7 @@ def predict(
     """
     wall = time.perf_counter()
     config = resolve_predict_config(ModelFolder(model_dir).read_config(), overrides)
+    require_for_config(config)
     files = list_frames(input_dir)
     check_result_target(output_dir)  # fail before the network runs, not after
     rshn = RSHN(config, model, folder=model_dir, weights=weights)  # checks the weights unless a model is given

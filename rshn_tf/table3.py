@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from rshn_tf import extras
+from rshn_tf.atomic import atomic_file
 from rshn_tf.config import Config
 from rshn_tf.errors import RshnError
 from rshn_tf.experiments import (
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 #: The datasets of Table 3, in the paper's column order (§5.2: the three datasets whose two training videos are
 #: similar enough for cross-validation).
 DATASETS = ("DIC-C2DH-HeLa", "Fluo-N2DH-GOWT1", "PhC-C2DH-U373")
+#: The bar chart written beside the table files, and what needs matplotlib (the ``plot`` extra) in messages.
+PLOT_FILE = "table3.png"
+PLOT_FEATURE = f"the Table 3 bar chart ({PLOT_FILE})"
 #: Metrics of Table 3 (OP = (SEG + TRA) / 2, §3.2) and their py-ctcmetrics names.
 METRICS = {"SEG": "SEG", "TRA": "TRA", "OP": "OP_CTB"}
 
@@ -281,6 +286,12 @@ def run_table3(
         return groups, None, describe_table3(groups, missing, out_dir, profile)
     for group in groups:
         check_dataset(group.experiment.config, group.experiment.folds)
+        for row in group.rows:  # before hours of training
+            extras.require_for_config(group.experiment.variants[row.name], f"Table 3 row {row.name}",
+                                      alternative=f"leave the row {row.name} out with --rows")
+    skipped = plot_skipped()
+    if skipped is not None:
+        log.warning("%s will not be drawn: %s", out_dir / PLOT_FILE, skipped)
     with hold_run_folder(out_dir, only):
         for group in groups:
             log.info("Table 3: %s, %s (%s)", group.dataset, group.experiment.root.name,
@@ -392,13 +403,23 @@ def _num(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def plot_skipped() -> Optional[str]:
+    """Why ``table3.png`` cannot be drawn here (matplotlib, of the ``plot`` extra, is not installed), or None."""
+    return None if extras.available("matplotlib") else str(extras.missing("matplotlib", PLOT_FEATURE))
+
+
 def plot_table(table: dict[str, Any], path: Path) -> Path:
     """Bar chart: one panel per dataset present, for every row SEG, TRA and OP, ours (solid) beside the paper's
-    (hatched). Written atomically."""
-    import matplotlib
+    (hatched). Written atomically.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Raises:
+        MissingPackage: Without matplotlib.
+    """
+    with extras.importing("matplotlib", PLOT_FEATURE):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
     import numpy as np
 
     datasets = table["datasets"]
@@ -423,18 +444,28 @@ def plot_table(table: dict[str, Any], path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(ncol=3, fontsize=7, loc="lower left")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_file(path, suffix=Path(path).suffix) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def write_table(table: dict[str, Any], out_dir: Path) -> None:
-    """Write ``table3.md``, ``table3.csv``, ``table3.json`` and ``table3.png`` into ``out_dir``."""
+    """Write ``table3.md``, ``table3.csv``, ``table3.json`` and ``table3.png`` into ``out_dir``.
+
+    Without matplotlib (the ``plot`` extra) the bar chart is skipped with a warning and an older ``table3.png`` is
+    removed; the table files are written all the same.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "table3.md", table_markdown(table))
     write_text_atomic(out_dir / "table3.csv", table_csv(table))
     write_json_atomic(out_dir / "table3.json", table)
-    plot_table(table, out_dir / "table3.png")
+    plot = out_dir / PLOT_FILE
+    skipped = plot_skipped()
+    if skipped is None:
+        plot_table(table, plot)
+        return
+    plot.unlink(missing_ok=True)  # it would show the numbers of an earlier table
+    log.warning("%s not drawn: %s", plot, skipped)

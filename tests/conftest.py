@@ -54,3 +54,18 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "Synthetic", frames=24, size=(128, 128),
                                    seed=0)
+
+
+@pytest.fixture
+def hide_package(monkeypatch):
+    """Factory: ``hide_package('hdbscan')`` makes that package absent for the rest of the test, as if it were not
+    installed: ``None`` in ``sys.modules`` for it and its submodules already imported, so that importing it raises
+    ModuleNotFoundError and ``importlib.util.find_spec`` returns None."""
+    import sys
+
+    def hide(package: str) -> None:
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.setitem(sys.modules, package, None)
+
+    return hide

@@ -33,7 +33,8 @@ def test_the_engine_does_not_import_the_application_side():
 
 def test_inference_and_post_processing_share_one_geometry():
     """The network grid and the tile grid are computed in rshn_tf.geometry only."""
-    for module in ("rshn_tf.inference", "rshn_tf.postprocess", "rshn_tf.api", "rshn_tf.predict_folder"):
+    for module in ("rshn_tf.inference", "rshn_tf.postprocess", "rshn_tf.api", "rshn_tf.predict_folder",
+                   "ctc_submission.packager"):
         source = (REPO_ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
         assert "tile_grid(" not in source, module
     assert "network_shape(" not in (REPO_ROOT / "rshn_tf" / "postprocess.py").read_text(encoding="utf-8")

@@ -149,10 +149,12 @@ def test_package_writes_a_self_contained_sw_folder(tmp_path):
 
     # requirements pinned to the versions installed here (independently read from the setup.cfg and metadata)
     pins = [line for line in (sw / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
-    for name in ("numpy", "scipy", "SimpleITK", "tifffile", "pyyaml", "py-ctcmetrics", "hdbscan", "scikit-learn"):
+    for name in ("numpy", "scipy", "SimpleITK", "tifffile", "pyyaml", "py-ctcmetrics", "scikit-learn"):
         assert f"{name}=={metadata.version(name)}" in pins
     assert any(p.startswith(("tensorflow==", "tensorflow-cpu==")) for p in pins)
     assert all("==" in p for p in pins) and not any(p.startswith("pytest") for p in pins)
+    # optional packages only where a model needs them: mean shift needs neither hdbscan nor matplotlib
+    assert not any(p.startswith(("hdbscan==", "matplotlib==")) for p in pins)
 
     # the code: the three packages (no byte code) and the presets, installable by pip from pyproject.toml
     src = sw / "src"
@@ -198,6 +200,33 @@ def test_several_datasets_share_one_submission_folder(tmp_path):
     readme = (sw / "README.md").read_text()
     assert f"### {OTHER}" in readme and f"### {DATASET}" in readme and "the `last` weights" in readme
     assert sorted(p.name for p in out.iterdir()) == ["SW"]
+
+
+def test_hdbscan_is_a_requirement_while_a_packaged_model_clusters_with_it(tmp_path, monkeypatch):
+    def pins(sw: Path) -> list[str]:
+        return [line for line in (sw / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+
+    hdbscan_pin = f"hdbscan=={metadata.version('hdbscan')}"
+    out = tmp_path / "submission"
+    sw = package_submission(fake_model(tmp_path / "m1", DATASET, "postprocessing.clustering=hdbscan"), DATASET,
+                            out).sw_dir
+    assert hdbscan_pin in pins(sw)
+    assert '"hdbscan>=' in (sw / "src" / "pyproject.toml").read_text()
+    # another dataset (mean shift) joins: the first one still needs hdbscan
+    package_submission(fake_model(tmp_path / "m2", OTHER), OTHER, out)
+    assert hdbscan_pin in pins(sw)
+    # the first one re-packaged with mean shift: nothing needs it any more
+    package_submission(fake_model(tmp_path / "m3", DATASET), DATASET, out)
+    assert not any(p.startswith("hdbscan==") for p in pins(sw))
+    assert "hdbscan" not in (sw / "src" / "pyproject.toml").read_text()
+    # packaging from an environment without it says what to install
+    from ctc_submission import packager
+
+    installed = packager._installed_version
+    monkeypatch.setattr(packager, "_installed_version", lambda name: None if name == "hdbscan" else installed(name))
+    with pytest.raises(RshnError, match=r"requirements of rshn-tf not installed in this environment: hdbscan"):
+        package_submission(fake_model(tmp_path / "m4", DATASET, "postprocessing.clustering=hdbscan"), DATASET, out)
+    assert not any(p.startswith("hdbscan==") for p in pins(sw))  # the submission is unchanged
 
 
 def test_package_refuses_bad_input_with_clear_errors(tmp_path, capsys):

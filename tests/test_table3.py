@@ -6,20 +6,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 
 import pytest
 
 from rshn_tf import table3
 from rshn_tf.cli import main
-from rshn_tf.table3 import DATASETS, METRICS, PAPER_TABLE3, ROWS, collect_table, plan_table3, write_table
+from rshn_tf.extras import MissingPackage
+from rshn_tf.table3 import (DATASETS, METRICS, PAPER_TABLE3, ROWS, collect_table, plan_table3, plot_table,
+                            table_markdown, write_table)
 
 
 def _fake_ctc(root, names):
+    """Dataset folders that pass the checks of the grid and of an experiment (sequences and tracking ground truth,
+    no frames)."""
     for name in names:
         for seq in ("01", "02"):
             (root / name / seq).mkdir(parents=True)
             (root / name / f"{seq}_GT" / "TRA").mkdir(parents=True)
+            (root / name / f"{seq}_GT" / "TRA" / "man_track.txt").write_text("1 0 1 0\n")
     return root
 
 
@@ -82,6 +88,34 @@ def test_collect_and_write_table_with_known_scores(tmp_path, monkeypatch):
     assert len(lines) == 1 + 3 * (2 + 1) * 3
     assert json.loads((out / "table3.json").read_text())["rows"][0]["overall"]["ours"]["SEG"] == pytest.approx(0.675)
     assert (out / "table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["table3.csv", "table3.json", "table3.md", "table3.png"]
+
+
+def test_without_matplotlib_the_table_is_written_and_the_chart_skipped(tmp_path, monkeypatch, capsys, caplog,
+                                                                       hide_package):
+    """The chart is an extra (``plot``): the table files are written all the same, an older chart (of other numbers)
+    is removed, and the log and the command line say how to get it."""
+    data = _fake_ctc(tmp_path / "ctc", ["DIC-C2DH-HeLa"])
+    groups, _ = plan_table3(data, tmp_path / "t3", "cpu", rows=["rshn_h0.1"])
+    monkeypatch.setattr(table3, "collect_results", _fake_results)
+    table = collect_table(groups, "cpu")
+    out = tmp_path / "written"
+    out.mkdir()
+    (out / "table3.png").write_bytes(b"the chart of an earlier table")
+    hide_package("matplotlib")
+    with pytest.raises(MissingPackage, match=r"the Table 3 bar chart \(table3.png\) needs the 'matplotlib' package"):
+        plot_table(table, out / "chart.png")
+    with caplog.at_level(logging.WARNING, logger="rshn_tf.table3"):
+        write_table(table, out)
+    assert sorted(p.name for p in out.iterdir()) == ["table3.csv", "table3.json", "table3.md"]
+    assert 'table3.png not drawn: the Table 3 bar chart (table3.png) needs the \'matplotlib\' package' in caplog.text
+
+    monkeypatch.setattr(table3, "run_table3", lambda *args, **kwargs: (groups, table, table_markdown(table)))
+    assert main(["table3", "--data", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (f"wrote {out / 'table3.md'}, table3.csv, table3.json; table3.png not drawn: the Table 3 bar chart "
+            "(table3.png) needs the 'matplotlib' package, which is not installed; install it with pip install "
+            '"rshn-tf[plot]" (in a source checkout: pip install ".[plot]"), then run this command again') in printed
 
 
 def test_the_extra_shn_row_has_our_values_and_no_paper_values(tmp_path, monkeypatch):
