@@ -290,6 +290,7 @@ def run_dataset(dataset: str, data_root: Path, out: Path, only: list[str], itera
 
 def run_curve(dataset: str, data_root: Path, out: Path, row_name: str) -> None:
     """Score every weight snapshot of a training row (with that row's prediction settings) into ``curve.json``."""
+    from rshn_tf.atomic import write_json_atomic
     from rshn_tf.model_folder import ModelFolder
 
     resolved = {r.row.name: r for r in resolve_rows(dataset)}[row_name]
@@ -306,7 +307,7 @@ def run_curve(dataset: str, data_root: Path, out: Path, row_name: str) -> None:
         scores = predict_and_score(row_dir / "model", test_root, split.test_seq, row_dir / "curve" / f"{step}_RES",
                                    row_dir / "curve" / f"{step}_scores.json", resolved.predict_sets, str(path))
         curve[str(step)] = scores
-        curve_path.write_text(json.dumps(curve, indent=1))
+        write_json_atomic(curve_path, curve)
         log.info("%s %s step %d: SEG %.3f TRA %.3f", dataset, row_name, step, scores["SEG"], scores["TRA"])
 
 
@@ -325,6 +326,8 @@ def training_seconds(model_dir: Path) -> Optional[tuple[float, float]]:
 
 def report(out: Path) -> str:
     """``ablation.md``: every scored row of every dataset."""
+    from rshn_tf.atomic import write_text_atomic
+
     lines = ["| dataset | row | adds | SEG | TRA | DET | train min (median s/it) | predict s |", "|---|---|---|---|---|---|---|---|"]
     for dataset in SPLITS:
         for resolved in resolve_rows(dataset):
@@ -340,7 +343,7 @@ def report(out: Path) -> str:
                          f"{scores['TRA']:.3f} | {scores['DET']:.3f} | {minutes} | "
                          f"{'' if predict is None else f'{predict:.0f}'} |")
     text = "\n".join(lines) + "\n"
-    (out / "ablation.md").write_text(text)
+    write_text_atomic(out / "ablation.md", text)
     return text
 
 

@@ -62,7 +62,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from data_io.ctc import read_frame
-from data_io.preprocess import OUTSIDE_VALUE, network_shape, preprocess_frame, to_network_grid
+from data_io.preprocess import OUTSIDE_VALUE, preprocess_frame, to_network_grid
 from rshn_tf.config import Config, DataConfig
 from rshn_tf.errors import RshnError
 from rshn_tf.geometry import GridGeometry
@@ -150,7 +150,6 @@ class FrameSource:
         self.frames = frames
         self.config = config
         self.original_shape = (int(original_shape[0]), int(original_shape[1]))
-        self.shape = network_shape(self.original_shape, config)
         self.timings: dict[str, float] = defaultdict(float)
         self._cache: dict[int, np.ndarray] = {}
 

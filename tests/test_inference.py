@@ -65,7 +65,7 @@ class ArraySource:
 
     def __init__(self, frames: np.ndarray):
         self.frames = np.asarray(frames, np.float32)
-        self.shape = self.frames.shape[1:]
+        self.original_shape = self.frames.shape[1:]  # network-grid frames: no resampling in these tests
         self.held: set[int] = set()
         self.max_held = 0
         self.requests: list[int] = []
@@ -133,7 +133,7 @@ def test_each_pair_comes_from_its_window_with_states_reset(frames):
     config = tiny_config()
     values = np.arange(frames, dtype=np.float32)
     source = ArraySource(np.broadcast_to(values[:, None, None], (frames, 96, 128)))
-    layout = TileLayout(GridGeometry.of(source.shape, config))
+    layout = TileLayout(GridGeometry.of(source.original_shape, config))
     embedder = PairEmbedder(CountingModel(), config, layout)
     got = collect(embedder, source)
     assert [g[1] for g in got] == ([(0, 0)] if frames == 1 else [(t, t + 1) for t in range(frames - 1)])
@@ -210,7 +210,7 @@ def test_tile_embeddings_match_the_whole_window_call(architecture, encoded, cach
     model = tiny_model(config)
     frames = random_frames(6, (96, 160))
     source = ArraySource(frames)
-    layout = TileLayout(GridGeometry.of(source.shape, config))
+    layout = TileLayout(GridGeometry.of(source.original_shape, config))
     assert len(layout.grid) == 2 * 4
     embedder = PairEmbedder(model, config, layout)
     got = collect(embedder, source)
@@ -281,7 +281,7 @@ def test_shn_pairs_are_per_frame_embeddings():
     model = tiny_model(config)
     frames = random_frames(5, (64, 96), seed=4)
     source = ArraySource(frames)
-    layout = TileLayout(GridGeometry.of(source.shape, config))
+    layout = TileLayout(GridGeometry.of(source.original_shape, config))
     embedder = PairEmbedder(model, config, layout)
     got = collect(embedder, source)
     assert embedder.frame_steps == 5  # every frame runs once
@@ -539,7 +539,7 @@ def test_saved_tile_embeddings_are_stitched_from_central_tiles(model_dir, short_
     predict(model_dir, short_video, tmp_path / "RES", save_embeddings=emb)
     model, config = load_trained_model(model_dir)
     source = FrameSource(sorted(short_video.glob("t*.tif")), config.data, (128, 128))
-    layout = TileLayout(GridGeometry.of(source.shape, config))
+    layout = TileLayout(GridGeometry.of(source.original_shape, config))
     expected = [layout.full_pair(p.first, p.second) for p in PairEmbedder(model, config, layout).pairs(source)]
     assert len(expected) == 6
     for t, pair in enumerate(expected):
@@ -651,8 +651,8 @@ def test_resuming_starts_at_the_first_window_that_gives_a_missing_pair(start, st
     whose pairs are all done and yields exactly the pairs (and embeddings) of an uninterrupted run from ``start``."""
     config = tiny_config()
     source = ArraySource(np.broadcast_to(np.arange(9, dtype=np.float32)[:, None, None], (9, 64, 64)))
-    whole = collect(PairEmbedder(CountingModel(), config, TileLayout(GridGeometry.of(source.shape, config))), source)
-    embedder = PairEmbedder(CountingModel(), config, TileLayout(GridGeometry.of(source.shape, config)))
+    whole = collect(PairEmbedder(CountingModel(), config, TileLayout(GridGeometry.of(source.original_shape, config))), source)
+    embedder = PairEmbedder(CountingModel(), config, TileLayout(GridGeometry.of(source.original_shape, config)))
     got = [(p.index, p.frames, p.first.copy(), p.second.copy()) for p in embedder.pairs(source, start=start)]
     assert [g[0] for g in got] == list(range(start, 8))
     for (index, frames, first, second), expected in zip(got, whole[start:]):
