@@ -356,10 +356,24 @@ class _FeedForwardStack(_StackedHourglassModel):
 
 @keras.saving.register_keras_serializable(package="rshn_tf")
 class StackedHourglass(_FeedForwardStack):
-    """The non-recurrent stacked hourglass (§5.1): each ConvGRU replaced by one convolution; (B, H, W, C) input."""
+    """The non-recurrent stacked hourglass (§5.1): each ConvGRU replaced by one convolution; (B, H, W, C) input.
+
+    A sequence (B, T, H, W, C), as training on videos feeds it (the extra Table 3 row ``shn_h0.1``), runs frame by
+    frame: time is folded into the batch, so no information passes between frames, and the outputs come back as
+    (B, T, H, W, E) for the sequence loss.
+    """
 
     architecture = "shn"
     rank = 2
+
+    def call(self, inputs: Any, training: Optional[bool] = None) -> list[Any]:
+        """Run all hourglasses on frames (B, H, W, C) or, frame by frame, on sequences (B, T, H, W, C)."""
+        if len(inputs.shape) != 5:
+            return super().call(inputs, training=training)
+        self._check_input_shape(tuple(inputs.shape), "input", time_axis=True)
+        batch, time, height, width, channels = ops.shape(inputs)
+        outputs = super().call(ops.reshape(inputs, (-1, height, width, channels)), training=training)
+        return [ops.reshape(output, (batch, time, height, width, self.embedding_size)) for output in outputs]
 
 
 @keras.saving.register_keras_serializable(package="rshn_tf")

@@ -322,6 +322,24 @@ def test_rshn_matches_a_numpy_reference_of_the_whole_network(first_output_scale)
         assert np.abs(np.asarray(out) - expected).max() / np.abs(expected).max() < 1e-5
 
 
+def test_shn_runs_a_sequence_frame_by_frame():
+    """Training on videos feeds the SHN (B, T, H, W, C); each frame must get what it gets alone (no temporal flow)."""
+    keras.utils.set_random_seed(5)
+    shn = build_shn(**SMALL)
+    randomize_biases(shn)
+    video = random_frames((2, 3, 16, 16, 1), seed=2)
+    outputs = shn(video)
+    assert [tuple(out.shape) for out in outputs] == [(2, 3, 16, 16, SMALL["embedding_size"])] * len(outputs)
+    for b in range(2):
+        for t in range(3):
+            alone = shn(video[b:b + 1, t])
+            for out, single in zip(outputs, alone):
+                np.testing.assert_allclose(np.asarray(out)[b, t], np.asarray(single)[0], rtol=1e-5, atol=1e-6)
+    ref = np_feed_forward(weights_by_path(shn), "shn", video[1, 2:3].astype(np.float64), SMALL["levels"])
+    for out, expected in zip(outputs, ref):
+        assert np.abs(np.asarray(out)[1, 2] - expected[0]).max() / np.abs(expected).max() < 1e-5
+
+
 def test_feed_forward_baselines_match_numpy_references():
     keras.utils.set_random_seed(4)
     shn = build_shn(**SMALL)

@@ -15,7 +15,7 @@ from data_io.sampling import TrainingData, load_training_video, make_sample, ren
 from data_io.stream import SampleStream
 from data_io.targets import TARGET_KEYS, expand_targets
 from rshn_tf.cli import main
-from rshn_tf.config import Config, load_config
+from rshn_tf.config import Config, load_config, load_config_layers
 from rshn_tf.errors import RshnError
 from tests.cases import moving_disks, reference_neighbours, small_config, training_data, training_video
 
@@ -177,7 +177,9 @@ def test_tf_batches_feed_the_loss(tiny):
 
 @pytest.fixture(scope="module")
 def dic(ctc_dataset):
-    config = load_config("DIC-C2DH-HeLa", ['data.train_sequences=["01"]'])
+    # paper text: the preset's mirror padding (normalisation over the padded frame, as the authors' code does) and
+    # label blur would make a neutral training sample differ from test-time preprocessing on purpose
+    config = load_config_layers(["DIC-C2DH-HeLa", "profiles/paper_text"], ['data.train_sequences=["01"]'])
     return TrainingData.from_config(config, ctc_dataset("DIC-C2DH-HeLa"))
 
 
