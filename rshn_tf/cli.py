@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -434,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
         print(f"rshn {args.verb}: {stop}{notes}", file=sys.stderr)
         return stop.exit_status
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `rshn check-config --keys | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except ModuleNotFoundError as exc:
         if exc.name not in ("tensorflow", "keras"):
             raise

@@ -138,8 +138,8 @@ class ModelConfig:
         activation: Activation of the convolutions (§3.1: ReLU).
         gru_activation: Activation of the ConvGRU candidate (§3.1: ReLU; Ballas et al. use tanh).
         gate_init_scale: Variance-scaling factor (fan-in, truncated normal) of the ConvGRU gate kernels. Code: 1.0
-            (LeCun-like, docs/fidelity.md §1.3), which the issue asks for and which we use; paper text: He (2.0) for
-            all convs.
+            (LeCun-like, docs/fidelity.md §1.3), the default here; paper text: He (2.0) for all convs; 0: all-zero
+            gate kernels (the MICCAI 2018 code, docs/fidelity.md §9.1).
         input_conv: Per-hourglass 1×1 input convolution with ``filters`` outputs and ReLU (code,
             docs/fidelity.md §1.2; needed for the authors' parameter count of 4,136,608; not drawn in the paper).
             ``null`` = the architecture's code default: on for ``rshn`` and ``shn``, off for ``volumetric``
@@ -1106,7 +1106,8 @@ def _model_checks(c: Config) -> list[_Check]:
          lambda: m.gru_activation in ACTIVATIONS, ()),
         ("model.kernel_size", "at least 1", lambda: m.kernel_size >= 1, ()),
         ("model.output_kernel_size", "at least 1", lambda: m.output_kernel_size >= 1, ()),
-        ("model.gate_init_scale", "positive", lambda: m.gate_init_scale > 0, ()),
+        ("model.gate_init_scale", "non-negative (0: all-zero gate kernels, MICCAI 2018 code)",
+         lambda: m.gate_init_scale >= 0, ()),
         ("model.normalization_epsilon", "positive", lambda: m.normalization_epsilon > 0, ()),
         ("model.l2_factor", "non-negative", lambda: m.l2_factor >= 0, ()),
     ]

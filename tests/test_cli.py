@@ -49,6 +49,21 @@ def test_check_config_keys_lists_every_section(capsys):
         assert section in out
 
 
+def test_a_closed_pipe_ends_the_listing_quietly():
+    """``rshn check-config --keys | head -1``: the reader leaves early; no BrokenPipeError traceback, exit status 0."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written: every write fails with EPIPE
+    try:
+        process = subprocess.run([sys.executable, "-m", "rshn_tf.cli", "check-config", "--keys"], stdout=write_end,
+                                 stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    stderr = process.stderr.decode()
+    assert process.returncode == 0 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 def test_set_is_rejected_with_a_clear_message(capsys):
     assert main(["check-config", "DIC-C2DH-HeLa", "--set", "model.levels=seven"]) == EXIT_USER_ERROR
     assert "key 'model.levels' must be int, got 'seven'" in capsys.readouterr().err
