@@ -61,7 +61,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a source checkout without installing
 
-from rshn_tf.atomic import atomic_file  # noqa: E402
+from rshn_tf.atomic import atomic_file, write_json_atomic, write_text_atomic  # noqa: E402
 from rshn_tf.errors import RshnError  # noqa: E402
 from rshn_tf.extras import importing, require  # noqa: E402
 
@@ -248,7 +248,6 @@ def predict_and_score(model_dir: Path, test_root: Path, seq: str, res_dir: Path,
                       predict_sets: list[str], weights: str) -> dict:
     """Predict ``test_root/seq`` into ``res_dir``, score it against ``seq_GT``, write ``scores_path``."""
     from rshn_tf.evaluation import evaluate_result
-    from rshn_tf.atomic import write_json_atomic
     from rshn_tf.predict_folder import predict
 
     tic = time.perf_counter()
@@ -290,7 +289,6 @@ def run_dataset(dataset: str, data_root: Path, out: Path, only: list[str], itera
 
 def run_curve(dataset: str, data_root: Path, out: Path, row_name: str) -> None:
     """Score every weight snapshot of a training row (with that row's prediction settings) into ``curve.json``."""
-    from rshn_tf.atomic import write_json_atomic
     from rshn_tf.model_folder import ModelFolder
 
     resolved = {r.row.name: r for r in resolve_rows(dataset)}[row_name]
@@ -326,8 +324,6 @@ def training_seconds(model_dir: Path) -> Optional[tuple[float, float]]:
 
 def report(out: Path) -> str:
     """``ablation.md``: every scored row of every dataset."""
-    from rshn_tf.atomic import write_text_atomic
-
     lines = ["| dataset | row | adds | SEG | TRA | DET | train min (median s/it) | predict s |", "|---|---|---|---|---|---|---|---|"]
     for dataset in SPLITS:
         for resolved in resolve_rows(dataset):

@@ -65,13 +65,16 @@ class Row:
         name: Row id = the stem of its YAML in ``experiments/table3/``.
         network: The paper's "Network" column.
         clustering: The paper's "Clustering Parameters" column.
-        in_paper: False for the extra row that Table 3 does not have (its paper values are empty).
     """
 
     name: str
     network: str
     clustering: str
-    in_paper: bool = True
+
+    @property
+    def in_paper(self) -> bool:
+        """False for the extra row that Table 3 does not have (its paper values are empty)."""
+        return self.name in PAPER_TABLE3
 
     @property
     def preset(self) -> str:
@@ -88,7 +91,7 @@ ROWS = (
     Row("rshn_h0.2", "RSHN", "h = 0.2"),
     Row("rshn_hdbscan", "RSHN", "HDBSCAN"),
     Row("volumetric_h0.1", "Volumetric", "h = 0.1"),
-    Row("shn_h0.1", "SHN", "h = 0.1 (§5.1 network; not in Table 3)", in_paper=False),
+    Row("shn_h0.1", "SHN", "h = 0.1 (§5.1 network; not in Table 3)"),
 )
 
 #: Paper Table 3: (SEG, TRA, OP) per row and dataset, and the paper's "Overall Mean" over the three datasets.
@@ -113,7 +116,7 @@ OVERALL = "Overall"
 
 def paper_values(row: Row, dataset: str) -> dict[str, Optional[float]]:
     """The paper's SEG / TRA / OP of a row on a dataset (or ``Overall``); all None for a row not in Table 3."""
-    values = PAPER_TABLE3[row.name][dataset] if row.in_paper else (None, None, None)
+    values = PAPER_TABLE3[row.name][dataset] if row.in_paper else (None,) * len(METRICS)
     return dict(zip(METRICS, values))
 
 
