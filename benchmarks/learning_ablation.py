@@ -29,8 +29,10 @@ inference rows (``blob_merge``, ``final_weights``) re-use the model of the last 
 
 Side rows (not carried further): ``grid128_centroid`` (DIC-C2DH-HeLa: grid128 with the paper's centroid
 neighbourhood) and ``recipe`` (Fluo-N2DL-HeLa: the recipe of the shipped model, ``experiments/models``, on the time
-split, i.e. its score on frames it never saw) and ``recipe_augmentation`` (that recipe with the code's augmentation
-extras, which cut the merged cells of DIC-C2DH-HeLa in half).
+split, i.e. its score on frames it never saw), ``recipe_augmentation`` (that recipe with the code's augmentation
+extras, which cut the merged cells of DIC-C2DH-HeLa in half), ``recipe_centroid`` (``recipe_augmentation`` with the
+paper's centroid neighbourhood at the code's radius, the rule that won on DIC-C2DH-HeLa) and ``recipe_long``
+(``recipe_augmentation`` with twice the iterations; its ``--curve`` shows what the length buys).
 
 Usage (one training at a time; each row 30-40 min on 2 cores; finished rows are skipped, an interrupted training
 continues from its last checkpoint when the command is repeated)::
@@ -167,7 +169,12 @@ SIDE_ROWS = {
     "Fluo-N2DL-HeLa": [Row("recipe", "recipe of models/Fluo-N2DL-HeLa-cpu (32 filters, 6,000 it) on the time split",
                            ("model.filters=32", "training.iterations=6000"), weights="last", base="rate3e-4"),
                        Row("recipe_augmentation", "recipe + the code's augmentation extras",
-                           augmentation_sets("Fluo-N2DL-HeLa"), base="recipe")],
+                           augmentation_sets("Fluo-N2DL-HeLa"), base="recipe"),
+                       Row("recipe_centroid", "recipe_augmentation with the paper's centroid neighbourhood (same r_N)",
+                           ("loss.neighbour_mode=centroid", f"loss.neighbour_radius={CODE_RADIUS['Fluo-N2DL-HeLa']}"),
+                           base="recipe_augmentation"),
+                       Row("recipe_long", "recipe_augmentation trained twice as long (12,000 it, rate drop at half)",
+                           ("training.iterations=12000",), base="recipe_augmentation")],
 }
 
 
