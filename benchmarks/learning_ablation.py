@@ -31,8 +31,10 @@ Side rows (not carried further): ``grid128_centroid`` (DIC-C2DH-HeLa: grid128 wi
 neighbourhood) and ``recipe`` (Fluo-N2DL-HeLa: the recipe of the shipped model, ``experiments/models``, on the time
 split, i.e. its score on frames it never saw), ``recipe_augmentation`` (that recipe with the code's augmentation
 extras, which cut the merged cells of DIC-C2DH-HeLa in half), ``recipe_centroid`` (``recipe_augmentation`` with the
-paper's centroid neighbourhood at the code's radius, the rule that won on DIC-C2DH-HeLa) and ``recipe_long``
-(``recipe_augmentation`` with twice the iterations; its ``--curve`` shows what the length buys).
+paper's centroid neighbourhood at the code's radius, the rule that won on DIC-C2DH-HeLa), ``neighbours_rate3e-4``
+and ``any_seg_rate3e-4`` (those two rows at learning rate 3e-4: does any-SEG anchoring help on the gold truth alone
+once the loss does not stall) and ``recipe_long`` (``recipe_augmentation`` with twice the iterations; its
+``--curve`` shows what the length buys).
 
 Usage (one training at a time; each row 30-40 min on 2 cores; finished rows are skipped, an interrupted training
 continues from its last checkpoint when the command is repeated)::
@@ -148,6 +150,10 @@ def rows_for(dataset: str) -> list[Row]:
     ]
 
 
+#: The learning rate at which the Fluo-N2DL-HeLa loss does not stall (``cpu`` profile: 1e-3, 1e-4 after half).
+RATE_3E4 = ("training.learning_rate=0.0003", "training.learning_rate_final=0.00003")
+
+
 #: Rows of one dataset, after ``silver_truth``. DIC-C2DH-HeLa: the network grid at the scale the small ``cpu``
 #: network can handle; its cells span ~50 px of Table 1's 256 x 256 grid, at 128 x 128 (crops of 96 x 96) ~25 px like
 #: the synthetic cells of the demo, and every length on the grid scales with it: r_N 0.2 x 128 (the code's factor),
@@ -157,8 +163,7 @@ DATASET_ROWS = {
                           ("data.resampled_size=[128, 128]", "data.tile_size=[96, 96]", "loss.neighbour_radius=25.6",
                            "postprocessing.min_size=125", "inference.tile_size=[128, 128]",
                            "inference.tile_overlap=64"))],
-    "Fluo-N2DL-HeLa": [Row("rate3e-4", "+ learning rate 3e-4, 3e-5 after half (cpu: 1e-3, 1e-4)",
-                           ("training.learning_rate=0.0003", "training.learning_rate_final=0.00003"))],
+    "Fluo-N2DL-HeLa": [Row("rate3e-4", "+ learning rate 3e-4, 3e-5 after half (cpu: 1e-3, 1e-4)", RATE_3E4)],
 }
 
 
@@ -173,6 +178,10 @@ SIDE_ROWS = {
                        Row("recipe_centroid", "recipe_augmentation with the paper's centroid neighbourhood (same r_N)",
                            ("loss.neighbour_mode=centroid", f"loss.neighbour_radius={CODE_RADIUS['Fluo-N2DL-HeLa']}"),
                            base="recipe_augmentation"),
+                       Row("neighbours_rate3e-4", "neighbours at learning rate 3e-4 (gold truth only)",
+                           RATE_3E4, base="neighbours"),
+                       Row("any_seg_rate3e-4", "any_seg at learning rate 3e-4 (gold truth only)",
+                           RATE_3E4, base="any_seg"),
                        Row("recipe_long", "recipe_augmentation trained twice as long (12,000 it, rate drop at half)",
                            ("training.iterations=12000",), base="recipe_augmentation")],
 }
