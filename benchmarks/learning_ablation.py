@@ -338,9 +338,13 @@ def training_seconds(model_dir: Path) -> Optional[tuple[float, float]]:
     return sum(value for value in seconds if value < 60.0), float(np.median(seconds))
 
 
-def report(out: Path) -> str:
-    """``ablation.md``: every scored row of every dataset."""
-    lines = ["| dataset | row | adds | SEG | TRA | DET | train min (median s/it) | predict s |", "|---|---|---|---|---|---|---|---|"]
+def report(out: Path, data_root: Path) -> str:
+    """``ablation.md``: every scored row of every dataset, with its gold cells sorted by
+    :func:`rshn_tf.error_analysis.count_errors` (the ground truth is read from ``data_root``)."""
+    from rshn_tf.error_analysis import count_errors
+
+    lines = ["| dataset | row | adds | SEG | TRA | DET | gold cells: matched / merged / split / missed "
+             "| train min (median s/it) | predict s |", "|---|---|---|---|---|---|---|---|---|"]
     for dataset in SPLITS:
         for resolved in resolve_rows(dataset):
             row_dir = out / dataset / resolved.row.name
@@ -351,8 +355,11 @@ def report(out: Path) -> str:
                 if resolved.model_row == resolved.row.name else None
             minutes = "" if seconds is None else f"{seconds[0] / 60:.0f} ({seconds[1]:.2f} s/it)"
             predict = scores.get("predict_seconds")
+            gt_dir = test_data(dataset, data_root, out) / f"{SPLITS[dataset].test_seq}_GT"
+            errors = count_errors(row_dir / "RES", gt_dir)
+            cells = " / ".join(str(errors[k]) for k in ("matched", "merged", "split", "missed"))
             lines.append(f"| {dataset} | {resolved.row.name} | {resolved.row.title} | {scores['SEG']:.3f} | "
-                         f"{scores['TRA']:.3f} | {scores['DET']:.3f} | {minutes} | "
+                         f"{scores['TRA']:.3f} | {scores['DET']:.3f} | {cells} of {errors['cells']} | {minutes} | "
                          f"{'' if predict is None else f'{predict:.0f}'} |")
     text = "\n".join(lines) + "\n"
     write_text_atomic(out / "ablation.md", text)
@@ -403,7 +410,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--snapshot-every", type=int, default=2000, help="weight snapshots for --curve")
     parser.add_argument("--curve", metavar="ROW", help="score the weight snapshots of this row instead")
     parser.add_argument("--dry-run", action="store_true", help="print each row's settings and whether it is done")
-    parser.add_argument("--report", action="store_true", help="write OUT/ablation.md and print it")
+    parser.add_argument("--report", action="store_true",
+                        help="write OUT/ablation.md (scores, gold cells matched / merged / split / missed) and print it")
     parser.add_argument("--plot", type=Path, help="with --report: draw the SEG curves of --curve-rows to this PNG")
     parser.add_argument("--curve-rows", default="preset", help="rows of the plot, separated by ':'")
     args = parser.parse_args(argv)
@@ -419,7 +427,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 run_dataset(dataset, args.data, args.out, args.rows, args.iterations or ITERATIONS[dataset],
                             args.snapshot_every, args.dry_run)
         if args.report:
-            print(report(args.out))
+            print(report(args.out, args.data))
             if args.plot:
                 plot_curves(args.out, args.curve_rows.split(":"), args.plot)
     except RshnError as exc:

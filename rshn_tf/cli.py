@@ -150,9 +150,17 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a result folder against CTC ground truth."""
+    from rshn_tf.error_analysis import count_errors, format_errors
     from rshn_tf.evaluation import evaluate_result, format_scores
 
-    print(format_scores(evaluate_result(args.res, args.gt), as_json=args.json))
+    scores = evaluate_result(args.res, args.gt)
+    errors = count_errors(args.res, args.gt) if args.errors else None
+    if args.json:
+        print(format_scores(scores if errors is None else {**scores, "errors": errors}, as_json=True))
+    else:
+        print(format_scores(scores))
+        if errors is not None:
+            print(format_errors(errors))
     return 0
 
 
@@ -331,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("res", help="result folder (maskNNN.tif + res_track.txt)")
     p.add_argument("gt", help="ground-truth folder (0X_GT with TRA/ and SEG/)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.add_argument("--errors", action="store_true",
+                   help="also sort the gold SEG cells into matched / merged / split / missed (why SEG is low)")
 
     p = verb("overlay", cmd_overlay, "draw contours coloured by track id over the frames (GIF or PNG)")
     p.add_argument("res", help="result folder")

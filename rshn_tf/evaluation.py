@@ -12,7 +12,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -168,8 +168,9 @@ def _empty_scores(metrics: Sequence[str], requested: Sequence[str]) -> dict[str,
     return scores
 
 
-def format_scores(scores: dict[str, float | None], as_json: bool = False) -> str:
-    """Render scores as a two-column table (``n/a`` for missing values) or as JSON."""
+def format_scores(scores: dict[str, Any], as_json: bool = False) -> str:
+    """Render scores as a two-column table (``n/a`` for missing values) or as JSON (which may hold nested values,
+    e.g. the ``errors`` of ``rshn evaluate --errors``)."""
     if as_json:
         return json.dumps(scores, indent=2)
     order = [k for k in REPORTED if k in scores] + [k for k in scores if k not in REPORTED]
