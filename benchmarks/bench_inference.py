@@ -323,7 +323,7 @@ def worker_oracle(args: argparse.Namespace) -> dict:
     shape = network_shape(sequence.shape, config.data)
     video = np.stack([resample_2d(sequence.silver_seg[t].astype(np.int32), shape, "nearest")
                       for t in range(frames)])
-    colourings = cases.window_colourings(video, config.data.sequence_length, config.loss.neighbour_radius)
+    colourings = cases.window_colourings(video, config.data.sequence_length, config.loss.radius)
     noise = cases.noise_fields(shape, len(colourings), 0.05, np.random.default_rng(0))
     processor = PostProcessor(config, sequence.shape)
     for t, (colouring, field) in enumerate(zip(colourings, noise)):

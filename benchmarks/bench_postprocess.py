@@ -106,7 +106,7 @@ def run(name: str, args: argparse.Namespace) -> None:
     preset, grid_shape, original, cells, radius, target = SCENARIOS[name]
     config = load_config(preset)
     video, pairs = cases.oracle_video(grid_shape, cells, args.frames, config.data.sequence_length,
-                                      config.loss.neighbour_radius, noise=args.noise, radius=radius, seed=args.seed)
+                                      config.loss.radius, noise=args.noise, radius=radius, seed=args.seed)
     processor = PostProcessor(config, original)
     print(f"\n{name}: {preset}, network grid {grid_shape[1]}x{grid_shape[0]} -> original {original[1]}x{original[0]}, "
           f"{len(processor.grid)} tiles, {int(video[0].max())} cells, noise {args.noise}, {args.frames} frames "
@@ -157,7 +157,7 @@ def dic_pairs(count: int, ctc: str | None, seed: int) -> tuple[list[np.ndarray],
     pairs = []
     for t in np.linspace(7, len(video) - 2, count).astype(int):
         window = video[t - 7:t + 2]
-        colouring = cases.window_colourings(window, config.data.sequence_length, config.loss.neighbour_radius)[-1]
+        colouring = cases.window_colourings(window, config.data.sequence_length, config.loss.radius)[-1]
         field = next(cases.noise_fields(video.shape[1:], 1, 0.05, rng))
         pairs.append(cases.oracle_pair(window, len(window) - 2, colouring, field))
     return pairs, origin

@@ -7,8 +7,8 @@ so instance ids are the TRA ids and stay consistent across the window.
 * Instances: every label present in the window; when there are more than ``loss.max_instances`` (code: 31), a
   random subset of that size (docs/fidelity.md §2.7). S(i) = all pixels of label i in any frame.
 * Neighbours, ``loss.neighbour_mode = centroid`` (§2.2): j ≠ i is a neighbour of i when any pixel of j, in any frame,
-  lies closer than r_N = ``loss.neighbour_radius`` to the centre of gravity of S(i) over the window. N(i) is the union
-  of all pixels of all neighbours in all frames. ``code`` mode: the authors' on-the-fly recipe (docs/fidelity.md §2.6),
+  lies closer than r_N = ``loss.neighbour_radius`` (``loss.code_neighbour_radius`` when set) to the centre of
+  gravity of S(i) over the window. N(i) is the union of all pixels of all neighbours in all frames. ``code`` mode: the authors' on-the-fly recipe (docs/fidelity.md §2.6),
   see :func:`code_neighbours`. Neighbours are searched among ALL labels of the window, selected or not; background is
   never a neighbour.
 * r_N is measured in pixels of the augmented tile, as the authors' code does (docs/fidelity.md §2.6: the radius is a
@@ -232,9 +232,9 @@ def build_targets(
     labels = np.where(valid, labels, 0).astype(np.int64)
     selected = select_instances(labels, config.max_instances, rng)
     if config.neighbour_mode == "centroid":
-        neighbours = centroid_neighbours(labels, selected, config.neighbour_radius)
+        neighbours = centroid_neighbours(labels, selected, config.radius)
     elif config.neighbour_mode == "code":
-        neighbours = code_neighbours(labels, selected, config.neighbour_radius, config.neighbour_dilation)
+        neighbours = code_neighbours(labels, selected, config.radius, config.neighbour_dilation)
     else:
         raise RshnError(f"key 'loss.neighbour_mode' must be 'centroid' or 'code', got {config.neighbour_mode!r}")
 

@@ -218,6 +218,9 @@ class LossConfig:
             (code: 31, forced by its bit packing).
         neighbour_radius: r_N in network-grid pixels (Table 1): instance j is a neighbour of i when a pixel of j lies
             within r_N of the centre of gravity of S(i) over the window (§2.2).
+        code_neighbour_radius: Code (published models): the radius the authors' code used instead, a factor × the
+            width of its test size (docs/fidelity.md §2.6, e.g. 0.03 × 1024 = 30.7 for Fluo-N2DL-HeLa); when set it
+            replaces ``neighbour_radius`` in either ``neighbour_mode``. ``null``: Table 1's r_N (paper).
         neighbour_mode: ``centroid`` (paper definition) or ``code`` (the authors' on-the-fly recipe: instance
             dilated by ``neighbour_dilation`` px, disk of radius r_N at the sequence centroid in frames where the
             instance lives ±1; docs/fidelity.md §2.6).
@@ -231,11 +234,17 @@ class LossConfig:
     variant: Literal["paper", "miccai2018"] = "paper"
     max_instances: int = 31
     neighbour_radius: float = 50.0
+    code_neighbour_radius: Optional[float] = None
     neighbour_mode: Literal["centroid", "code"] = "centroid"
     neighbour_dilation: int = 5
     hourglass_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])
     background_weight: float = 1.0
     epsilon: float = 1e-12
+
+    @property
+    def radius(self) -> float:
+        """The r_N the targets use: ``code_neighbour_radius`` when set, else ``neighbour_radius``."""
+        return self.neighbour_radius if self.code_neighbour_radius is None else self.code_neighbour_radius
 
 
 @dataclass
@@ -1146,6 +1155,8 @@ def _loss_checks(c: Config) -> list[_Check]:
     return [
         ("loss.max_instances", "at least 1", lambda: lo.max_instances >= 1, ()),
         ("loss.neighbour_radius", "non-negative", lambda: lo.neighbour_radius >= 0, ()),
+        ("loss.code_neighbour_radius", "null or non-negative",
+         lambda: lo.code_neighbour_radius is None or lo.code_neighbour_radius >= 0, ()),
         ("loss.neighbour_dilation", "non-negative", lambda: lo.neighbour_dilation >= 0, ()),
         ("loss.hourglass_weights", "one non-negative weight per hourglass (model.stacks)",
          lambda: len(lo.hourglass_weights) == m.stacks and min(lo.hourglass_weights) >= 0, ("model.stacks",)),

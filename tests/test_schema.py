@@ -125,6 +125,7 @@ WRONG_VALUES: dict[str, list[list[str]]] = {
     "augmentation.per_frame_scale": [["augmentation.per_frame_scale=1"]],
     "loss.max_instances": [["loss.max_instances=0"]],
     "loss.neighbour_radius": [["loss.neighbour_radius=-1"]],
+    "loss.code_neighbour_radius": [["loss.code_neighbour_radius=-0.5"]],
     "loss.neighbour_dilation": [["loss.neighbour_dilation=-1"]],
     "loss.hourglass_weights": [["loss.hourglass_weights=[1.0]"], ["loss.hourglass_weights=[1.0, -1.0]"]],
     "loss.background_weight": [["loss.background_weight=-1"]],

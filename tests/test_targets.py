@@ -130,3 +130,17 @@ def test_expand_rejects_more_instances_than_slots():
     labels = moving_disks(num_frames=1, shape=(64, 64), num_cells=4, radius=5).astype(np.int64)
     with pytest.raises(ValueError, match="max_instances"):
         expand_targets(_targets(labels, [True]), 2)
+
+
+@pytest.mark.parametrize("mode", ["centroid", "code"])
+def test_the_codes_radius_replaces_table_1s_when_set(mode):
+    """Two 3 x 3 cells 12 px apart (centre to centre): neighbours at r_N 30.7 in either rule, not at r_N 10 (the
+    code rule's dilation of 5 px does not bridge the 9-px gap either)."""
+    labels = np.zeros((1, 20, 40), np.int64)
+    labels[0, 8:11, 8:11], labels[0, 8:11, 20:23] = 1, 2
+    table_1 = _targets(labels, [False], neighbour_radius=10.0, neighbour_mode=mode)
+    code = _targets(labels, [False], neighbour_radius=10.0, neighbour_mode=mode, code_neighbour_radius=30.7)
+    assert not table_1.neighbour_table.any()
+    assert code.neighbour_table[:, 1:].sum() == 2  # 1 is a neighbour of 2 and 2 of 1
+    assert LossConfig(neighbour_radius=10.0).radius == 10.0
+    assert LossConfig(neighbour_radius=10.0, code_neighbour_radius=30.7).radius == 30.7
