@@ -26,7 +26,7 @@ from scipy import ndimage
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from data_io.ctc import read_label_image  # noqa: E402
+from rshn_tf.error_analysis import seg_frames  # noqa: E402
 from rshn_tf.errors import RshnError  # noqa: E402
 
 #: Gold cells closer than this (pixels) count as touching.
@@ -56,10 +56,7 @@ def touching_pairs(gold: np.ndarray) -> list[tuple[int, int]]:
 def measure(embeddings_dir: Path, res_dir: Path, gt_dir: Path) -> dict[str, np.ndarray]:
     """Cosines of touching gold pairs (``merged`` / ``separated`` by the result) and each cell's tightness."""
     merged, separated, tightness = [], [], []
-    for seg_file in sorted((gt_dir / "SEG").glob("man_seg*.tif")):
-        frame = int(seg_file.stem[len("man_seg"):])
-        gold = read_label_image(seg_file, np.int64)
-        result = read_label_image(res_dir / f"mask{frame:03d}.tif", np.int64)
+    for frame, gold, result in seg_frames(res_dir, gt_dir):
         embeddings = frame_embeddings(embeddings_dir, frame)
         if embeddings.shape[:2] != gold.shape:
             raise RshnError(f"{embeddings_dir}: embeddings of {embeddings.shape[:2]} but gold masks of {gold.shape}; "

@@ -8,9 +8,9 @@ so instance ids are the TRA ids and stay consistent across the window.
   random subset of that size (docs/fidelity.md §2.7). S(i) = all pixels of label i in any frame.
 * Neighbours, ``loss.neighbour_mode = centroid`` (§2.2): j ≠ i is a neighbour of i when any pixel of j, in any frame,
   lies closer than r_N = ``loss.neighbour_radius`` (``loss.code_neighbour_radius`` when set) to the centre of
-  gravity of S(i) over the window. N(i) is the union of all pixels of all neighbours in all frames. ``code`` mode: the authors' on-the-fly recipe (docs/fidelity.md §2.6),
-  see :func:`code_neighbours`. Neighbours are searched among ALL labels of the window, selected or not; background is
-  never a neighbour.
+  gravity of S(i) over the window. N(i) is the union of all pixels of all neighbours in all frames. ``code`` mode:
+  the authors' on-the-fly recipe (docs/fidelity.md §2.6), see :func:`code_neighbours`. Neighbours are searched
+  among ALL labels of the window, selected or not; background is never a neighbour.
 * r_N is measured in pixels of the augmented tile, as the authors' code does (docs/fidelity.md §2.6: the radius is a
   fixed number of crop pixels, not rescaled by the random zoom). Table 1 gives it for the un-augmented network grid, so
   at a random scale s a neighbourhood covers s times the network-grid radius.

@@ -22,12 +22,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from rshn_tf.errors import RshnError
 
-__all__ = ["CATEGORIES", "classify_frame", "count_errors", "format_errors"]
+__all__ = ["CATEGORIES", "classify_frame", "count_errors", "format_errors", "seg_frames"]
 
 #: Categories of a gold cell, in report order.
 CATEGORIES = ("matched", "merged", "split", "missed")
@@ -93,20 +94,20 @@ def classify_frame(result: np.ndarray, gold: np.ndarray) -> dict[str, int | list
     return counts
 
 
-def count_errors(res_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> dict[str, int | float | None]:
-    """Sort the gold cells of every SEG frame of ``gt_dir`` against the masks of ``res_dir``.
+def seg_frames(res_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The gold SEG frames of ``gt_dir`` with the result masks of ``res_dir`` for the same frames.
 
     Args:
         res_dir: Result folder with ``maskNNN.tif`` (frame numbers as in the ground truth).
         gt_dir: Ground-truth folder ``0X_GT`` with ``SEG/man_segNNN.tif``.
 
-    Returns:
-        ``cells`` and the counts of :data:`CATEGORIES` summed over the SEG frames, ``unmatched_results``, and
-        ``mean_matched_iou`` (None without a matched cell).
+    Yields:
+        ``(frame, gold, result)``: the frame number and both label images as int64.
 
     Raises:
-        RshnError: If there is no SEG frame, a SEG file is a 3-D slice annotation (``man_seg_TTT_ZZZ.tif``), the
-            result mask of a SEG frame is missing, or a file is unreadable or of another size (named in the message).
+        RshnError: If there is no SEG frame, a SEG file is a 3-D slice annotation (``man_seg_TTT_ZZZ.tif``; checked
+            before any frame is read), the result mask of a SEG frame is missing, or a file is unreadable or of
+            another size (named in the message).
     """
     from data_io.ctc import read_label_image
 
@@ -115,15 +116,14 @@ def count_errors(res_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> dict[
     seg_files = sorted(seg_dir.glob("man_seg*.tif")) if seg_dir.is_dir() else []
     if not seg_files:
         raise RshnError(f"{gt_dir}: no SEG/man_segNNN.tif; the error analysis needs gold segmentation masks")
-    totals: dict[str, int] = {name: 0 for name in ("cells",) + CATEGORIES + ("unmatched_results",)}
-    ious: list[float] = []
-    for seg_file in seg_files:
-        if _SEG_FILE.match(seg_file.name) is None:
+    digits = [_SEG_FILE.match(seg_file.name) for seg_file in seg_files]
+    for seg_file, match in zip(seg_files, digits):
+        if match is None:
             raise RshnError(f"{seg_file}: not a 2-D SEG file man_segNNN.tif (slice annotations of 3-D data are not "
                             f"supported)")
-    for seg_file in seg_files:
-        digits = _SEG_FILE.match(seg_file.name).group(1)
-        candidates = [res_dir / f"mask{int(digits):0{width}d}.tif" for width in (len(digits), 3, 4)]
+    for seg_file, match in zip(seg_files, digits):
+        frame = int(match.group(1))
+        candidates = [res_dir / f"mask{frame:0{width}d}.tif" for width in (len(match.group(1)), 3, 4)]
         mask = next((path for path in candidates if path.is_file()), None)
         if mask is None:
             raise RshnError(f"{candidates[0]}: result mask missing for the gold SEG frame {seg_file}")
@@ -132,6 +132,22 @@ def count_errors(res_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> dict[
         if result.shape != gold.shape:
             raise RshnError(f"{mask}: frame size {result.shape} differs from the gold truth's {gold.shape} "
                             f"({seg_file})")
+        yield frame, gold, result
+
+
+def count_errors(res_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> dict[str, int | float | None]:
+    """Sort the gold cells of every SEG frame of ``gt_dir`` against the masks of ``res_dir`` (:func:`seg_frames`).
+
+    Returns:
+        ``cells`` and the counts of :data:`CATEGORIES` summed over the SEG frames, ``unmatched_results``, and
+        ``mean_matched_iou`` (None without a matched cell).
+
+    Raises:
+        RshnError: As :func:`seg_frames`.
+    """
+    totals: dict[str, int] = {name: 0 for name in ("cells",) + CATEGORIES + ("unmatched_results",)}
+    ious: list[float] = []
+    for _, gold, result in seg_frames(res_dir, gt_dir):
         frame = classify_frame(result, gold)
         ious += frame.pop("matched_ious")
         for name, value in frame.items():
@@ -140,7 +156,8 @@ def count_errors(res_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> dict[
 
 
 def format_errors(errors: dict[str, int | float | None]) -> str:
-    """One line, e.g. ``172 gold cells: 75 matched (mean IoU 0.67), 78 merged, 1 split, 18 missed; 9 unmatched``."""
+    """One line: ``N gold cells: M matched (mean IoU x), ... merged, ... split, ... missed; K result instances off the
+    gold cells``."""
     iou = errors["mean_matched_iou"]
     matched = f"{errors['matched']} matched" + ("" if iou is None else f" (mean IoU {iou:.2f})")
     return (f"{errors['cells']} gold cells: {matched}, {errors['merged']} merged, {errors['split']} split, "
