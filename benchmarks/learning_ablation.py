@@ -33,7 +33,7 @@ split, i.e. its score on frames it never saw), ``recipe_augmentation`` (that rec
 extras, which cut the merged cells of DIC-C2DH-HeLa in half), ``recipe_centroid`` (``recipe_augmentation`` with the
 paper's centroid neighbourhood at the code's radius, the rule that won on DIC-C2DH-HeLa), ``neighbours_rate3e-4``
 and ``any_seg_rate3e-4`` (those two rows at learning rate 3e-4: does any-SEG anchoring help on the gold truth alone
-once the loss does not stall) and ``recipe_long`` (``recipe_augmentation`` with twice the iterations; its
+once the loss does not stall) and ``rate3e-4_long`` (the best row, ``rate3e-4``, with twice the iterations; its
 ``--curve`` shows what the length buys).
 
 Usage (one training at a time; each row 30-40 min on 2 cores; finished rows are skipped, an interrupted training
@@ -182,8 +182,8 @@ SIDE_ROWS = {
                            RATE_3E4, base="neighbours"),
                        Row("any_seg_rate3e-4", "any_seg at learning rate 3e-4 (gold truth only)",
                            RATE_3E4, base="any_seg"),
-                       Row("recipe_long", "recipe_augmentation trained twice as long (12,000 it, rate drop at half)",
-                           ("training.iterations=12000",), base="recipe_augmentation")],
+                       Row("rate3e-4_long", "rate3e-4 trained twice as long (14,000 it, rate drop at half)",
+                           ("training.iterations=14000",), base="rate3e-4")],
 }
 
 
