@@ -41,6 +41,29 @@ def test_labels_equal_with_two_workers_and_noise():
     assert (reference == -1).sum() > 50
 
 
+@pytest.mark.parametrize("tree,expected", [
+    # two pairs, then the pairs joined: the clusters made by edges 0 and 1 are named 4 and 5
+    ([[0, 1, 0.5], [2, 3, 0.7], [1, 2, 1.0]], [[0, 1, 0.5, 2], [2, 3, 0.7, 2], [4, 5, 1.0, 4]]),
+    # a chain: each edge names the cluster the earlier edges made, in the order of its own points
+    ([[0, 1, 0.1], [1, 2, 0.2], [3, 2, 0.3]], [[0, 1, 0.1, 2], [4, 2, 0.2, 3], [3, 5, 0.3, 4]]),
+])
+def test_single_linkage_names_the_clusters_by_their_merge(tree, expected):
+    np.testing.assert_array_equal(fast_hdbscan.single_linkage(np.array(tree, dtype=np.float64)), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_single_linkage_equals_the_library_label_on_random_trees_with_ties(seed):
+    from hdbscan._hdbscan_linkage import label
+
+    rng = np.random.default_rng(seed)
+    count = 5000
+    joined = np.array([rng.integers(0, i + 1) for i in range(count - 1)])  # a random tree, points relabelled
+    points = rng.permutation(count)
+    tree = np.column_stack([points[np.arange(1, count)], points[joined], rng.integers(0, 50, count - 1)])
+    tree = tree[np.argsort(tree[:, 2], kind="stable")].astype(np.float64)  # many equal weights
+    np.testing.assert_array_equal(fast_hdbscan.single_linkage(tree), label(tree))
+
+
 def test_core_distances_are_bit_identical_to_the_kd_tree_query():
     points = blobs(3000, 18, 6, 9).astype(np.float64)
     k = 200
