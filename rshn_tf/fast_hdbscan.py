@@ -412,7 +412,6 @@ def single_linkage(spanning_tree: np.ndarray) -> np.ndarray:
     parent = [-1] * (2 * count - 1)
     size = [1] * count + [0] * edges
     roots = [0] * (2 * edges)
-    sizes = [0] * edges
     for index in range(edges):
         for side, point in enumerate((firsts[index], seconds[index])):
             root = point
@@ -423,12 +422,12 @@ def single_linkage(spanning_tree: np.ndarray) -> np.ndarray:
             roots[2 * index + side] = root
         first, second = roots[2 * index], roots[2 * index + 1]
         union = count + index
-        sizes[index] = size[union] = size[first] + size[second]
+        size[union] = size[first] + size[second]
         parent[first] = parent[second] = union
     result = np.empty((edges, 4))
     result[:, :2] = np.array(roots, dtype=np.float64).reshape(edges, 2)
     result[:, 2] = spanning_tree[:, 2]
-    result[:, 3] = sizes
+    result[:, 3] = size[count:]  # the size of each union, in edge order
     return result
 
 
