@@ -161,11 +161,23 @@ class Plan:
 
     def read_marker(self, step: Step) -> Optional[dict]:
         """The done-marker's content, or None when it is missing or unreadable."""
-        path = self.marker_path(step)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        return _read_json(self.marker_path(step))
+
+    def cpu_seconds(self, prefixes: Sequence[str]) -> Optional[float]:
+        """CPU seconds of the steps whose names start with one of ``prefixes`` (e.g. ``train[``), summed.
+
+        Returns:
+            None when such a step is not done or its marker predates CPU accounting; 0.0 when no name matches.
+        """
+        total = 0.0
+        for step in self.steps:
+            if not step.name.startswith(tuple(prefixes)):
+                continue
+            marker = self.read_marker(step) if self.is_done(step) else None
+            if marker is None or marker.get("cpu_seconds") is None:
+                return None
+            total += float(marker["cpu_seconds"])
+        return total
 
     def is_done(self, step: Step) -> bool:
         """Whether the step's marker exists with the current key and all its outputs exist."""
@@ -237,16 +249,35 @@ class Plan:
             raise RshnError(f"step {step.name} is already running: {exc}") from None
 
     def _run_step(self, step: Step) -> None:
+        """Run one step and write its done-marker with the wall and CPU seconds it took.
+
+        A run that stops early (an interrupted training resumes on the next run) leaves its time in a ``.partial``
+        file beside the marker, so the marker of the run that finishes counts every run of the step with this key.
+        """
         self._log(f"run  {step.name}: {step.description}")
         self.marker_path(step).unlink(missing_ok=True)
-        start = time.perf_counter()
-        info = step.action() or {}
-        seconds = time.perf_counter() - start
+        partial = self.marker_path(step).with_suffix(".partial")
+        earlier = _read_json(partial) or {}
+        if earlier.get("key") != step.key:
+            earlier = {}
+        seconds, cpu_seconds = earlier.get("seconds", 0.0), earlier.get("cpu_seconds", 0.0)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        try:
+            info = step.action() or {}
+        except BaseException:
+            write_json_atomic(partial, {
+                "key": step.key, "seconds": round(seconds + time.perf_counter() - start, 3),
+                "cpu_seconds": round(cpu_seconds + time.process_time() - cpu_start, 3),
+            })
+            raise
+        seconds += time.perf_counter() - start
+        cpu_seconds += time.process_time() - cpu_start
         write_json_atomic(self.marker_path(step), {
-            "step": step.name, "key": step.key, "seconds": round(seconds, 3),
+            "step": step.name, "key": step.key, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "info": info,
         })
-        self._log(f"done {step.name} in {format_seconds(seconds)}")
+        partial.unlink(missing_ok=True)
+        self._log(f"done {step.name} in {format_seconds(seconds)} ({format_seconds(cpu_seconds)} of CPU)")
 
     def _step(self, name: str) -> Step:
         return next(step for step in self.steps if step.name == name)
@@ -256,6 +287,14 @@ class Plan:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOG_FILE, "a", encoding="utf-8") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    """The JSON object in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def format_seconds(seconds: float) -> str:

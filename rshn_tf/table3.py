@@ -38,6 +38,7 @@ from rshn_tf.experiments import (
     check_dataset,
     collect_results,
     experiment_plan,
+    format_seconds,
     hold_run_folder,
     load_experiment_config,
     prepare_run_folder,
@@ -328,6 +329,7 @@ def collect_table(groups: Sequence[Group], profile: Optional[str]) -> dict[str, 
             variant = results["variants"][row.name]
             cells.setdefault(row.name, {})[group.dataset] = {
                 "ours": {m: variant["mean"][key] for m, key in METRICS.items()},
+                "cpu_seconds": cpu_seconds(group, row),
                 "paper": paper_values(row, group.dataset),
                 "folds": [{"fold": f["fold"], "test": f["test"], **{m: f[key] for m, key in METRICS.items()}}
                           for f in variant["folds"]],
@@ -351,6 +353,22 @@ def collect_table(groups: Sequence[Group], profile: Optional[str]) -> dict[str, 
     iterations = sorted({g.experiment.config.experiment.cv_iterations for g in groups})
     return {"profile": profile, "datasets": datasets, "cv_iterations": iterations, "rows": rows,
             "paper_overall_datasets": list(DATASETS)}
+
+
+#: Step-name prefixes of the work a row's network costs (both folds), shared by the rows of one :class:`Group`.
+NETWORK_STEPS = ("split[", "train[", "predict[")
+
+
+def cpu_seconds(group: Group, row: Row) -> dict[str, Optional[float]]:
+    """CPU seconds (all threads of the process, every run of a resumed step) from the steps' done-markers.
+
+    Returns:
+        ``network``: training and prediction of both folds, shared by the rows of the group; ``clustering``: the
+        row's own re-clustering and scoring of the saved embeddings. None where a step was not timed.
+    """
+    plan = group.experiment.plan
+    return {"network": plan.cpu_seconds(NETWORK_STEPS),
+            "clustering": plan.cpu_seconds((f"postprocess[{row.name},", f"evaluate[{row.name},"))}
 
 
 def _pair(ours: Optional[float], paper: Optional[float]) -> str:
@@ -381,7 +399,26 @@ def table_markdown(table: dict[str, Any]) -> str:
             cells += [_pair(cell["ours"][m], cell["paper"][m]) if cell else "–" for m in METRICS]
         cells += [_pair(row["overall"]["ours"][m], row["overall"]["paper"][m]) for m in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "CPU time of both folds (all threads). Rows of one network share its training and prediction; each row "
+        "re-clusters and scores the saved embeddings itself.",
+        "",
+        "| Network | Clustering | Dataset | training + prediction | clustering + scoring |",
+        "|---|---|---|---|---|",
+    ]
+    for row in table["rows"]:
+        for dataset in datasets:
+            cell = row["datasets"].get(dataset)
+            if cell:
+                cpu = cell.get("cpu_seconds") or {}
+                lines.append(f"| {row['network']} | {row['clustering']} | {dataset} | {_duration(cpu.get('network'))}"
+                             f" | {_duration(cpu.get('clustering'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: Optional[float]) -> str:
+    return "n/a" if seconds is None else format_seconds(seconds)
 
 
 def table_csv(table: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from rshn_tf.errors import RshnError
 from rshn_tf.experiments import (
     Plan,
     Step,
+    StepInterrupted,
     changed_keys,
     experiment_plan,
     fold_config,
@@ -236,6 +238,52 @@ def test_plan_skips_done_steps_and_reruns_what_depends_on_a_rerun_step(tmp_path)
     assert not (tmp_path / "steps" / "d.json").exists()
     with pytest.raises(ValueError, match="do not come before it"):
         Plan(tmp_path, [Step("x", "", make("x"), deps=("y",)), Step("y", "", make("y"))])
+
+
+def _burn_cpu(seconds: float) -> None:
+    """Keep this thread busy for ``seconds`` of its own CPU time."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        sum(range(1000))
+
+
+def test_step_markers_count_the_cpu_time_of_every_run_of_a_resumed_step(tmp_path):
+    runs: list[int] = []
+
+    def train():  # stops once, like a training killed and resumed
+        _burn_cpu(0.3)
+        runs.append(1)
+        if len(runs) == 1:
+            raise StepInterrupted("train[fold1]", "SIGTERM")
+        return {}
+
+    def predict():
+        _burn_cpu(0.2)
+        return {}
+
+    def plan(key: str = "k") -> Plan:
+        return Plan(tmp_path, [Step("train[fold1]", "", train, key=key), Step("predict[fold1/02]", "", predict,
+                                                                              deps=("train[fold1]",))])
+
+    with pytest.raises(StepInterrupted):
+        plan().run()
+    assert plan().cpu_seconds(["train["]) is None  # not done yet
+    partial = json.loads((tmp_path / "steps" / "train_fold1.partial").read_text())
+    assert 0.3 <= partial["cpu_seconds"] < 0.6 and partial["key"] == "k"
+    assert plan().run() == ["train[fold1]", "predict[fold1/02]"]
+    marker = json.loads((tmp_path / "steps" / "train_fold1.json").read_text())
+    assert 0.6 <= marker["cpu_seconds"] < 1.2 and marker["seconds"] >= 0.6  # both runs
+    assert not (tmp_path / "steps" / "train_fold1.partial").exists()
+    assert plan().cpu_seconds(["predict["]) == pytest.approx(
+        json.loads((tmp_path / "steps" / "predict_fold1_02.json").read_text())["cpu_seconds"])
+    total = plan().cpu_seconds(["train[", "predict["])
+    assert 0.8 <= total < 1.6 and plan().cpu_seconds(["postprocess["]) == 0.0
+    # a partial run under another configuration key does not count
+    (tmp_path / "steps" / "train_fold1.partial").write_text(json.dumps({"key": "old", "seconds": 99.0,
+                                                                         "cpu_seconds": 99.0}))
+    runs.append(1)  # the next run finishes
+    plan("k2").run()
+    assert json.loads((tmp_path / "steps" / "train_fold1.json").read_text())["cpu_seconds"] < 1.0
 
 
 def test_holding_a_run_folder_removes_the_temporaries_of_dead_runs_in_its_fold_folders(tmp_path):

@@ -87,6 +87,9 @@ def test_collect_and_write_table_with_known_scores(tmp_path, monkeypatch):
     assert ["rshn_hdbscan", "RSHN", "HDBSCAN", "Overall", "SEG", "0.3000", "0.7580", "", ""] in lines
     assert len(lines) == 1 + 3 * (2 + 1) * 3
     assert json.loads((out / "table3.json").read_text())["rows"][0]["overall"]["ours"]["SEG"] == pytest.approx(0.675)
+    # without step markers (scores made by hand) the CPU time is unknown, not zero
+    assert "| RSHN | h = 0.1 | PhC-C2DH-U373 | n/a | n/a |" in markdown
+    assert by_row["rshn_h0.1"]["datasets"]["DIC-C2DH-HeLa"]["cpu_seconds"] == {"network": None, "clustering": None}
     assert (out / "table3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == ["table3.csv", "table3.json", "table3.md", "table3.png"]
 
@@ -184,9 +187,16 @@ def test_table3_runs_every_row_end_to_end_on_a_tiny_budget(tmp_path, synthetic_d
         for metric in METRICS:
             for value in (cell["ours"][metric], row["overall"]["ours"][metric], *[f[metric] for f in cell["folds"]]):
                 assert isinstance(value, float) and 0.0 <= value <= 1.0 and not math.isnan(value), (row["row"], metric)
-    markdown = (out / "table3.md").read_text()
+    markdown, cpu_table = (out / "table3.md").read_text().split("CPU time of both folds")
     body = [line for line in markdown.splitlines() if line.startswith(("| RSHN", "| Volumetric", "| SHN"))]
     assert len(body) == len(ROWS) and not any("n/a" in line for line in body)
+    # CPU time from the step markers: one network per group, shared by its rows; each row's own clustering
+    cpu = {row["row"]: row["datasets"]["DIC-C2DH-HeLa"]["cpu_seconds"] for row in table["rows"]}
+    assert all(c["network"] > 0 and c["clustering"] > 0 for c in cpu.values())
+    assert len({cpu[name]["network"] for name in cpu if name.startswith("rshn")}) == 1
+    assert cpu["rshn_h0.1"]["network"] != cpu["volumetric_h0.1"]["network"]
+    cpu_lines = [line for line in cpu_table.splitlines() if "| DIC-C2DH-HeLa |" in line]
+    assert len(cpu_lines) == len(ROWS) and not any("n/a" in line for line in cpu_lines)
     lines = list(csv.reader(io.StringIO((out / "table3.csv").read_text())))
     assert len(lines) == 1 + len(ROWS) * 2 * 3 and all(line[5] for line in lines[1:])
     # the extra SHN row (paper §5.1) is marked and has no paper values; every Table 3 row has them
