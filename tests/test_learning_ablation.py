@@ -1,5 +1,6 @@
 """The rows of ``benchmarks/learning_ablation.py``: how the cumulative and side rows accumulate their settings, and
-that the shipped Fluo-N2DL-HeLa recipe is the ablation's ``rate3e-4`` row trained on all frames (no training here)."""
+that the shipped Fluo-N2DL-HeLa recipe is the ablation's ``rate3e-4_long`` row trained on all frames (no training
+here)."""
 
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def test_the_last_setting_wins_in_the_training_configuration(hela_rows):
     assert config.data.train_frames == [0, 60]  # the time split: frames 60-91 stay unseen
 
 
-def test_shipped_hela_recipe_is_the_rate3e4_row_on_all_frames(hela_rows):
-    row, _ = ablation.training_config(HELA, Path("/nowhere"), hela_rows["rate3e-4"], 7000, 2000)
+def test_shipped_hela_recipe_is_the_rate3e4_long_row_on_all_frames(hela_rows):
+    row, _ = ablation.training_config(HELA, Path("/nowhere"), hela_rows["rate3e-4_long"], 7000, 2000)
     recipe = load_config(preset_dir() / "models" / f"{HELA}-cpu.yaml")
     # the row trains on frames 0-59, holds r_N 30.7 in neighbour_radius (paper_text resets the code radius) and
     # the ablation picks the weights itself; everything else is the same training
