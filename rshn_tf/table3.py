@@ -24,6 +24,7 @@ import fnmatch
 import io
 import logging
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -478,11 +479,12 @@ def plot_table(table: dict[str, Any], path: Path) -> Path:
                    label=f"{metric} ours")
             ax.bar(x + offset + width / 2, [v if v is not None else 0.0 for v in paper], width, color="white",
                    edgecolor=colours[metric], hatch="///", label=f"{metric} paper")
-        ax.set_xticks(x, [f"{r['network']}\n{r['clustering']}" for r in rows], fontsize=8)
-        ax.set_ylim(0.0, 1.0)
+        ax.set_xticks(x, [f"{r['network']}\n{textwrap.fill(r['clustering'], 18)}" for r in rows], fontsize=8)
+        ax.set_ylim(0.0, 1.2)  # the legend sits above 1.0, clear of the bars
+        ax.set_yticks(np.linspace(0.0, 1.0, 6))
         ax.set_title(f"{dataset} (profile {table['profile'] or 'none'})", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(ncol=3, fontsize=7, loc="lower left")
+    axes[0, 0].legend(ncol=6, fontsize=7, loc="upper center")
     fig.tight_layout()
     try:
         with atomic_file(path, suffix=Path(path).suffix) as tmp:
