@@ -173,7 +173,7 @@ class Plan:
         for step in self.steps:
             if not step.name.startswith(tuple(prefixes)):
                 continue
-            marker = self.read_marker(step) if self.is_done(step) else None
+            marker = self._done_marker(step)
             if marker is None or marker.get("cpu_seconds") is None:
                 return None
             total += float(marker["cpu_seconds"])
@@ -181,9 +181,14 @@ class Plan:
 
     def is_done(self, step: Step) -> bool:
         """Whether the step's marker exists with the current key and all its outputs exist."""
+        return self._done_marker(step) is not None
+
+    def _done_marker(self, step: Step) -> Optional[dict]:
+        """The marker of a done step (see :meth:`is_done`), or None when the step is not done."""
         marker = self.read_marker(step)
-        return (marker is not None and marker.get("key") == step.key
-                and all(Path(path).exists() for path in step.outputs))
+        if marker is None or marker.get("key") != step.key or not all(Path(path).exists() for path in step.outputs):
+            return None
+        return marker
 
     def statuses(self) -> list[StepStatus]:
         """What a run would do: ``done`` (skipped) or ``todo`` for every step, in order."""
